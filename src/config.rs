@@ -1,0 +1,390 @@
+//! Configuration: the commented defaults in `config/default.toml`, then an optional file, then
+//! `KIZEN_GATEWAY_*` environment variables, then validation. Every error names its option.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::Deserialize;
+
+use crate::secrets::SecretSource;
+
+/// The defaults, compiled in so that the binary needs no file to start.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables that override configuration options.
+pub const ENV_PREFIX: &str = "KIZEN_GATEWAY_";
+
+/// Everything the gateway can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub cors: CorsConfig,
+    pub auth: AuthConfig,
+    pub upstream: UpstreamConfig,
+    pub presign: PresignConfig,
+    pub confirm: ConfirmConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    pub allowed_origins: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub user_claim: String,
+    pub issuers: Vec<String>,
+    pub audiences: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    pub max_token_bytes: usize,
+    #[serde(default)]
+    pub keys: Vec<StaticKeyConfig>,
+    pub jwks: JwksConfig,
+}
+
+/// One configured verification key. Exactly one of `secret` (HS*) and `public_key_file` (others).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticKeyConfig {
+    pub kid: Option<String>,
+    pub algorithm: String,
+    pub secret: Option<SecretSource>,
+    pub public_key_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    pub url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub refetch_cooldown: Duration,
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    pub rsa_algorithm: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub base_url: String,
+    pub api_key: SecretSource,
+    pub business_id: SecretSource,
+    pub user_id: SecretSource,
+    pub user_id_claim: Option<String>,
+    pub forward_headers: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_response_bytes: usize,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresignConfig {
+    pub allowed_content_types: Vec<String>,
+    pub allowed_sources: Vec<String>,
+    pub rate_limit_burst: u32,
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_period: Duration,
+    pub max_outstanding_per_user: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmConfig {
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub remember_expired: Duration,
+    pub max_body_bytes: usize,
+    pub public_sources: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub claim_lease: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub max_uploads: usize,
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Memory,
+}
+
+/// The eleven `source` values the Kizen API accepts.
+pub const KIZEN_SOURCES: [&str; 11] = [
+    "field_value",
+    "form_field_value",
+    "activity_field_value",
+    "automation_value",
+    "employee_import",
+    "record_import",
+    "meta_import",
+    "smart_connector_import",
+    "knowledge_source",
+    "public_image",
+    "third_party_image",
+];
+
+/// Headers the gateway itself owns upstream or that describe a hop; never forwardable.
+const NEVER_FORWARDED: [&str; 16] = [
+    "x-api-key",
+    "x-business-id",
+    "x-user-id",
+    "authorization",
+    "cookie",
+    "host",
+    "forwarded",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "x-request-id",
+];
+
+/// A configuration error: the option at fault and what is wrong with it, on one line.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {0}")]
+pub struct ConfigError(pub String);
+
+fn invalid(option: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{option}: {why}"))
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the process environment, then [`Config::validate`].
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Like [`Config::load`] without reading the environment (tests, dev mode).
+    pub fn from_toml(overrides: &str) -> Result<Self, ConfigError> {
+        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(overrides));
+        Self::extract(figment)
+    }
+
+    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(invalid("--config", format!("no such file: {}", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::extract(figment.merge(env))
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| {
+            // figment reports one error per problem; the first names the option and the source.
+            let first = e.into_iter().next().map(|e| e.to_string()).unwrap_or_default();
+            ConfigError(first.replace('\n', " "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that serde cannot: ranges, cross-field rules, known names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.max_header_bytes < 8192 {
+            return Err(invalid("server.max_header_bytes", "must be at least 8192"));
+        }
+        positive("server.max_headers", s.max_headers)?;
+        positive("server.max_concurrent_requests", s.max_concurrent_requests)?;
+        nonzero("server.header_read_timeout", s.header_read_timeout)?;
+        nonzero("server.request_timeout", s.request_timeout)?;
+
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e))?;
+
+        for origin in &self.cors.allowed_origins {
+            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && origin != "*"
+                && http::HeaderValue::from_str(origin).is_ok();
+            if !ok {
+                return Err(invalid(
+                    "cors.allowed_origins",
+                    format!("{origin:?} is not an origin like \"https://app.example.com\""),
+                ));
+            }
+        }
+
+        let a = &self.auth;
+        if a.user_claim.is_empty() {
+            return Err(invalid("auth.user_claim", "must not be empty"));
+        }
+        positive("auth.max_token_bytes", a.max_token_bytes)?;
+        if a.leeway > Duration::from_secs(300) {
+            return Err(invalid("auth.leeway", "must be at most 5m"));
+        }
+        if a.keys.is_empty() && a.jwks.url.is_none() {
+            return Err(invalid(
+                "auth.keys",
+                "no verification key: configure [[auth.keys]] or auth.jwks.url",
+            ));
+        }
+        for (i, key) in a.keys.iter().enumerate() {
+            crate::auth::keys::check_static_key_config(key)
+                .map_err(|why| invalid(&format!("auth.keys[{i}]"), why))?;
+        }
+        if let Some(url) = &a.jwks.url {
+            check_http_url("auth.jwks.url", url)?;
+        }
+        crate::auth::keys::parse_rsa_algorithm(&a.jwks.rsa_algorithm)
+            .map_err(|why| invalid("auth.jwks.rsa_algorithm", why))?;
+        nonzero("auth.jwks.fetch_timeout", a.jwks.fetch_timeout)?;
+        nonzero("auth.jwks.refresh_interval", a.jwks.refresh_interval)?;
+
+        let u = &self.upstream;
+        check_http_url("upstream.base_url", &u.base_url)?;
+        if let Some(claim) = &u.user_id_claim
+            && claim.is_empty()
+        {
+            return Err(invalid("upstream.user_id_claim", "must not be empty"));
+        }
+        for name in &u.forward_headers {
+            let lower = name.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(invalid("upstream.forward_headers", format!("{name:?} is not a header name")));
+            }
+            if NEVER_FORWARDED.contains(&lower.as_str())
+                || lower.starts_with("x-forwarded-")
+                || lower.starts_with("proxy-")
+            {
+                return Err(invalid(
+                    "upstream.forward_headers",
+                    format!("{name:?} is owned by the gateway and cannot be forwarded"),
+                ));
+            }
+        }
+        nonzero("upstream.connect_timeout", u.connect_timeout)?;
+        nonzero("upstream.request_timeout", u.request_timeout)?;
+        positive("upstream.max_response_bytes", u.max_response_bytes)?;
+
+        let p = &self.presign;
+        for ct in &p.allowed_content_types {
+            if !crate::validate::is_content_type_pattern(ct) {
+                return Err(invalid(
+                    "presign.allowed_content_types",
+                    format!("{ct:?} is not like \"image/png\" or \"image/*\""),
+                ));
+            }
+        }
+        if p.allowed_sources.is_empty() {
+            return Err(invalid("presign.allowed_sources", "must not be empty"));
+        }
+        for source in &p.allowed_sources {
+            if !KIZEN_SOURCES.contains(&source.as_str()) {
+                return Err(invalid(
+                    "presign.allowed_sources",
+                    format!("{source:?} is not a Kizen source ({})", KIZEN_SOURCES.join(", ")),
+                ));
+            }
+        }
+        if p.rate_limit_burst == 0 {
+            return Err(invalid("presign.rate_limit_burst", "must be at least 1"));
+        }
+        nonzero("presign.rate_limit_period", p.rate_limit_period)?;
+        positive("presign.max_outstanding_per_user", p.max_outstanding_per_user)?;
+
+        let c = &self.confirm;
+        nonzero("confirm.max_window", c.max_window)?;
+        nonzero("confirm.claim_lease", c.claim_lease)?;
+        if c.remember_expired < Duration::from_secs(3600) {
+            return Err(invalid("confirm.remember_expired", "must be at least 1h"));
+        }
+        positive("confirm.max_body_bytes", c.max_body_bytes)?;
+        for source in &c.public_sources {
+            if !KIZEN_SOURCES.contains(&source.as_str()) {
+                return Err(invalid("confirm.public_sources", format!("{source:?} is not a Kizen source")));
+            }
+        }
+
+        positive("store.max_uploads", self.store.max_uploads)?;
+        nonzero("store.sweep_interval", self.store.sweep_interval)?;
+        Ok(())
+    }
+}
+
+fn positive(option: &str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(option, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn nonzero(option: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(invalid(option, "must be longer than 0s"));
+    }
+    Ok(())
+}
+
+fn check_http_url(option: &str, url: &str) -> Result<(), ConfigError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(option, format!("{url:?}: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(invalid(option, format!("{url:?} must be an http(s) URL")));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(option, "must not carry credentials"));
+    }
+    Ok(())
+}

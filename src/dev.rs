@@ -1,0 +1,115 @@
+//! Dev mode: the gateway in front of the local stand-in, with a fresh HS256 key, a token for a
+//! dev user and the three curl steps of an upload. No Kizen account needed; nothing leaves the
+//! machine.
+
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
+
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::{
+    App, Config,
+    observability::seconds_since_epoch,
+    standin::{Standin, StandinConfig},
+};
+
+/// Everything dev mode needs, bound and built, ready to run.
+pub struct DevSetup {
+    pub app: App,
+    pub gateway: TcpListener,
+    pub standin: Standin,
+    pub standin_listener: TcpListener,
+    pub instructions: String,
+}
+
+pub const DEV_USER: &str = "dev-user";
+/// Marks the copy-and-paste block of the instructions (tests run exactly what is printed).
+pub const STEPS_BEGIN: &str = "# ---- steps: paste into a shell ----";
+pub const STEPS_END: &str = "# ---- end of steps ----";
+
+pub async fn setup(gateway_addr: SocketAddr, standin_addr: SocketAddr) -> Result<DevSetup, String> {
+    let gateway = TcpListener::bind(gateway_addr).await.map_err(|e| format!("cannot bind {gateway_addr}: {e}"))?;
+    let standin_listener =
+        TcpListener::bind(standin_addr).await.map_err(|e| format!("cannot bind {standin_addr}: {e}"))?;
+    let gateway_url = format!("http://{}", gateway.local_addr().map_err(|e| e.to_string())?);
+    let standin_url = format!("http://{}", standin_listener.local_addr().map_err(|e| e.to_string())?);
+
+    let hmac_secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let api_key = format!("dev-api-key-{}", uuid::Uuid::new_v4().simple());
+    let business_id = "dev-business".to_owned();
+
+    let config = Config::from_toml(&format!(
+        r#"
+        [server]
+        listen = "{gateway_addr}"
+        [upstream]
+        base_url = "{standin_url}"
+        api_key = "value:{api_key}"
+        business_id = "value:{business_id}"
+        user_id = "value:dev-kizen-user"
+        [[auth.keys]]
+        algorithm = "HS256"
+        secret = "value:{hmac_secret}"
+        "#
+    ))
+    .map_err(|e| e.to_string())?;
+    let app = App::from_config(config)?;
+
+    let standin = Standin::new(StandinConfig {
+        api_key,
+        business_id,
+        user_id: Some("dev-kizen-user".into()),
+        public_base: standin_url.clone(),
+        max_file_size: 10 * 1024 * 1024,
+    });
+
+    let now = seconds_since_epoch();
+    let token = encode(
+        &Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": DEV_USER, "iat": now, "exp": now + Duration::from_secs(12 * 3600).as_secs() }),
+        &EncodingKey::from_secret(hmac_secret.as_bytes()),
+    )
+    .map_err(|e| format!("cannot sign the dev token: {e}"))?;
+
+    Ok(DevSetup {
+        app,
+        gateway,
+        standin,
+        standin_listener,
+        instructions: instructions(&gateway_url, &standin_url, &token),
+    })
+}
+
+fn instructions(gateway: &str, standin: &str, token: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "==================================================================");
+    let _ = writeln!(out, " DEV MODE: the gateway talks to a LOCAL STAND-IN of the Kizen API,");
+    let _ = writeln!(out, " not to Kizen. Keys and secrets are throwaway. Never use in production.");
+    let _ = writeln!(out, "==================================================================");
+    let _ = writeln!(out, " gateway:  {gateway}");
+    let _ = writeln!(out, " stand-in: {standin}  (files kept in memory)");
+    let _ = writeln!(out, " dev token for user \"{DEV_USER}\", valid 12 hours (needs curl and jq):");
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{STEPS_BEGIN}");
+    let _ = writeln!(out, "export TOKEN='{token}'");
+    let _ = writeln!(out, "# 1. presign: the gateway checks the token and asks Kizen for an upload URL");
+    let _ = writeln!(
+        out,
+        "curl -sf -H \"Authorization: Bearer $TOKEN\" '{gateway}/api/s3/presigned-post?contenttype=text/plain&filename=hello.txt&source=field_value' > presign.json && cat presign.json && echo"
+    );
+    let _ = writeln!(out, "# 2. upload: straight to the storage URL, every presigned field first, the file last");
+    let _ = writeln!(out, "echo 'hello, kizen' > hello.txt");
+    let _ = writeln!(
+        out,
+        "curl -sf -D upload-headers.txt -o /dev/null $(jq -r '.fields | to_entries[] | \"--form-string \\(.key)=\\(.value)\"' presign.json) -F file=@hello.txt \"$(jq -r .url presign.json)\""
+    );
+    let _ = writeln!(out, "export ETAG=$(grep -i '^etag:' upload-headers.txt | cut -d' ' -f2 | tr -d '\\r\"')");
+    let _ = writeln!(out, "# 3. confirm: the gateway forwards it only for the user it issued the upload to, once");
+    let _ = writeln!(
+        out,
+        "curl -sf -H \"Authorization: Bearer $TOKEN\" --data-urlencode \"uuid=$(jq -r .s3object_id presign.json)\" --data-urlencode \"key=$(jq -r .fields.key presign.json)\" --data-urlencode name=hello.txt --data-urlencode \"etag=$ETAG\" {gateway}/api/s3/success && echo"
+    );
+    let _ = writeln!(out, "{STEPS_END}");
+    out
+}

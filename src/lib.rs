@@ -1,0 +1,93 @@
+//! kizen-gateway: an authenticating reverse proxy that lets browsers upload files through the
+//! Kizen API without ever holding the Kizen secrets.
+//!
+//! Map of the crate, in the order a request meets it:
+//! - [`server`]: the accept loop (HTTP/1.1 limits, header read timeout, graceful drain).
+//! - [`app`]: `AppState(Arc<App>)` and the router with all middleware in one function.
+//! - [`observability`]: request id, access log line, audit trail, log setup.
+//! - [`http_guard`]: strict framing rules and the two-route allowlist on the raw path.
+//! - [`routes`]: `presign` and `confirm`, each readable top to bottom.
+//! - [`auth`]: the bearer-token extractor, pinned keys, JWKS cache.
+//! - [`validate`]: input rules of both routes.
+//! - [`rate_limit`]: per-user presign budget and its headers.
+//! - [`store`]: the upload store trait and its backends.
+//! - [`upstream`]: the constructed upstream calls and the filtering of their answers.
+//! - [`error`]: the one error type and its problem+json response.
+//! - [`config`], [`secrets`], [`clock`]: configuration, server-held secrets, time.
+//! - [`standin`], [`dev`]: the local stand-in of the Kizen API and the dev mode built on it.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod http_guard;
+pub mod observability;
+pub mod rate_limit;
+pub mod routes;
+pub mod secrets;
+pub mod server;
+pub mod standin;
+pub mod store;
+pub mod upstream;
+pub mod validate;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::{future::Future, sync::Arc};
+
+use tokio::net::TcpListener;
+
+pub use app::{App, AppState, app};
+pub use config::Config;
+
+/// Runs the gateway on `listener` until `shutdown` resolves: fetches the JWKS (if any), starts
+/// the background sweeper, serves, then drains.
+pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let state = AppState(Arc::new(app));
+    let jwks_refresh = state.verifier.start(state.config.auth.jwks.refresh_interval).await;
+    let sweeper = spawn_sweeper(state.clone());
+    let result = server::serve(listener, app::app(state.clone()), &state.config.server, shutdown).await;
+    sweeper.abort();
+    if let Some(task) = jwks_refresh {
+        task.abort();
+    }
+    result
+}
+
+/// Forgets uploads past their memory (auditing those never confirmed) and prunes the rate
+/// limiter's idle users, every `store.sweep_interval`.
+fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let period = state.config.store.sweep_interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            ticker.tick().await;
+            match state.store.purge(state.clock.now()).await {
+                Ok(expired) => expired.iter().for_each(observability::audit::expired),
+                Err(error) => tracing::warn!(%error, "store sweep failed"),
+            }
+            state.presign_limiter.prune();
+        }
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown requested");
+}

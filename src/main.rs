@@ -1,0 +1,101 @@
+//! The `kizen-gateway` binary: `serve` (the default), `check-config` and `dev`.
+#![forbid(unsafe_code)]
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use kizen_gateway::{App, Config, config::LogConfig, dev, observability};
+
+#[derive(Parser)]
+#[command(version, about = "Authenticating gateway for Kizen file uploads")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (TOML), applied over the built-in defaults.
+    #[arg(long, short, global = true, env = "KIZEN_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides server.listen.
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Validate the configuration (keys and secrets included) and exit.
+    CheckConfig,
+    /// Run against a built-in local stand-in of the Kizen API, with a dev token.
+    Dev {
+        /// Address of the stand-in upstream.
+        #[arg(long, default_value = "127.0.0.1:8788")]
+        standin_listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime.block_on(serve(cli.config, cli.listen)),
+        Command::CheckConfig => check_config(cli.config, cli.listen),
+        Command::Dev { standin_listen } => runtime.block_on(dev(cli.listen, standin_listen)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("kizen-gateway: {message}");
+    ExitCode::FAILURE
+}
+
+fn load(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<Config, String> {
+    let mut config = Config::load(file.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    Ok(config)
+}
+
+fn check_config(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {
+    let config = load(file, listen)?;
+    // Building the app reads every key file and secret, exactly as serving would.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async { App::from_config(config).map(|_| ()) })?;
+    println!("configuration is valid");
+    Ok(())
+}
+
+async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {
+    let config = load(file, listen)?;
+    observability::init_tracing(&config.log, std::io::stdout)?;
+    let addr = config.server.listen;
+    let app = App::from_config(config)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot bind {addr}: {e}"))?;
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "kizen-gateway listening");
+    kizen_gateway::run(listener, app, kizen_gateway::shutdown_signal()).await.map_err(|e| e.to_string())
+}
+
+async fn dev(listen: Option<SocketAddr>, standin_listen: SocketAddr) -> Result<(), String> {
+    let listen = listen.unwrap_or_else(|| "127.0.0.1:8787".parse().expect("valid address"));
+    let setup = dev::setup(listen, standin_listen).await?;
+    observability::init_tracing(
+        &LogConfig { level: "info".into(), format: kizen_gateway::config::LogFormat::Text },
+        std::io::stderr,
+    )?;
+    tracing::warn!("DEV MODE: upstream is the local stand-in, not Kizen");
+    let standin_router = setup.standin.router();
+    tokio::spawn(async move {
+        let _ = axum::serve(setup.standin_listener, standin_router).await;
+    });
+    print!("{}", setup.instructions);
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    kizen_gateway::run(setup.gateway, setup.app, kizen_gateway::shutdown_signal()).await.map_err(|e| e.to_string())
+}

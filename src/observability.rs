@@ -1,0 +1,175 @@
+//! Logs: the tracing subscriber (text or JSON), the request id, one access line per request and
+//! the audit trail of every upload. Tokens and secrets are never fields of any event; strings a
+//! client controls are logged with `?` (Debug), which escapes them.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    extract::Request,
+    http::{HeaderName, HeaderValue},
+    middleware::Next,
+    response::Response,
+};
+use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+use uuid::Uuid;
+
+use crate::config::{LogConfig, LogFormat};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Installs the global subscriber. `writer` is stdout in the binary and a buffer in log tests.
+pub fn init_tracing<W>(config: &LogConfig, writer: W) -> Result<(), String>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_new(&config.level).map_err(|e| format!("log.level: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let result = match config.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+    result.map_err(|e| format!("cannot install the log subscriber: {e}"))
+}
+
+pub fn seconds_since_epoch() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The outcome of a request in one word, set by the handler or the error; the access line logs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome(pub &'static str);
+
+/// The request id: the client's `x-request-id` when it is sane, a fresh UUID otherwise.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// A slot the auth extractor fills, so that the access line can name the user.
+#[derive(Debug, Clone, Default)]
+pub struct RequestUser(Arc<OnceLock<String>>);
+
+impl RequestUser {
+    pub fn set(&self, user: &str) {
+        let _ = self.0.set(user.to_owned());
+    }
+
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+fn is_sane_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+/// Middleware: assigns the request id and echoes it on the response.
+pub async fn request_id(mut request: Request, next: Next) -> Response {
+    let value = match request.headers().get(&X_REQUEST_ID) {
+        Some(value) if is_sane_request_id(value) => value.clone(),
+        _ => HeaderValue::from_str(&Uuid::new_v4().to_string()).expect("a UUID is a valid header value"),
+    };
+    let id: Arc<str> = value.to_str().unwrap_or_default().into();
+    request.extensions_mut().insert(RequestId(id));
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    response
+}
+
+/// A fixed label per route: raw client paths never reach the logs.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        crate::upstream::PRESIGN_PATH => "presign",
+        crate::upstream::SUCCESS_PATH => "confirm",
+        _ => "other",
+    }
+}
+
+/// Middleware: one line per request with route, user, status, latency and outcome.
+pub async fn access_log(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = route_label(request.uri().path());
+    let user = RequestUser::default();
+    request.extensions_mut().insert(user.clone());
+    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone());
+
+    let response = next.run(request).await;
+
+    let status = response.status();
+    let outcome = response.extensions().get::<Outcome>().map(|o| o.0).unwrap_or(if status.is_success() {
+        "ok"
+    } else if status.is_client_error() {
+        "client_error"
+    } else {
+        "error"
+    });
+    tracing::info!(
+        target: "kizen_gateway::access",
+        request_id = request_id.as_deref().unwrap_or("-"),
+        method = %method,
+        route,
+        user = ?user.get().unwrap_or("-"),
+        status = status.as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        outcome,
+        "request"
+    );
+    response
+}
+
+/// The audit trail: one event per step of an upload's life.
+pub mod audit {
+    use crate::store::IssuedUpload;
+
+    pub fn issued(upload: &IssuedUpload, request_id: &str) {
+        tracing::info!(
+            target: "kizen_gateway::audit",
+            event = "upload_issued",
+            request_id,
+            user = ?upload.user,
+            s3object_id = %upload.s3object_id,
+            key = ?upload.key,
+            source = %upload.source,
+            window_end = %upload.window_end,
+            "upload issued"
+        );
+    }
+
+    pub fn confirmed(upload: &IssuedUpload, request_id: &str) {
+        tracing::info!(
+            target: "kizen_gateway::audit",
+            event = "upload_confirmed",
+            request_id,
+            user = ?upload.user,
+            s3object_id = %upload.s3object_id,
+            key = ?upload.key,
+            "upload confirmed"
+        );
+    }
+
+    pub fn rejected(user: &str, s3object_id: &uuid::Uuid, reason: &str, request_id: &str) {
+        tracing::info!(
+            target: "kizen_gateway::audit",
+            event = "upload_rejected",
+            request_id,
+            user = ?user,
+            s3object_id = %s3object_id,
+            reason,
+            "confirmation rejected"
+        );
+    }
+
+    pub fn expired(upload: &IssuedUpload) {
+        tracing::info!(
+            target: "kizen_gateway::audit",
+            event = "upload_expired",
+            user = ?upload.user,
+            s3object_id = %upload.s3object_id,
+            key = ?upload.key,
+            "upload expired unconfirmed and was forgotten"
+        );
+    }
+}

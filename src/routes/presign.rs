@@ -1,0 +1,98 @@
+//! `GET /api/s3/presigned-post`: authenticate, validate, rate-limit, check the user's outstanding
+//! uploads, forward, record what was issued, answer with the upstream's body.
+
+use axum::{
+    Extension,
+    extract::State,
+    http::{HeaderMap, Uri},
+    response::Response,
+};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::upstream_response;
+use crate::{
+    app::AppState,
+    auth::AuthenticatedUser,
+    error::{GatewayError, UpstreamFailure},
+    observability::{Outcome, RequestId, audit},
+    store::IssuedUpload,
+    validate,
+};
+
+pub async fn presign(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    user: AuthenticatedUser,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    let input = validate::presign(uri.query(), &state.config.presign).map_err(GatewayError::InvalidInput)?;
+
+    let budget = state.presign_limiter.check(&user.id)?;
+    let now = state.clock.now();
+    let max_outstanding = state.config.presign.max_outstanding_per_user;
+    if state.store.outstanding(&user.id, now).await? >= max_outstanding {
+        return Err(GatewayError::TooManyOutstandingUploads { limit: max_outstanding });
+    }
+
+    let answer = state.upstream.presign(&input, &user, &headers, &request_id.0).await?;
+    if !answer.status.is_success() {
+        // A 4xx describes the client's input: pass it through, nothing recorded.
+        let mut response = upstream_response(answer, "upstream_rejected_input");
+        budget.write(response.headers_mut());
+        return Ok(response);
+    }
+
+    let issued = PresignAnswer::parse(&answer.body)?;
+    let upload = IssuedUpload {
+        s3object_id: issued.s3object_id,
+        key: issued.key,
+        user: user.id,
+        source: input.source,
+        issued_at: now,
+        window_end: state.confirmation_window_end(now, issued.expires_at),
+    };
+    state.store.record(upload.clone(), max_outstanding, now).await?;
+    audit::issued(&upload, &request_id.0);
+
+    let mut response = upstream_response(answer, "issued");
+    budget.write(response.headers_mut());
+    response.extensions_mut().insert(Outcome("issued"));
+    Ok(response)
+}
+
+/// The parts of the upstream's answer the gateway must understand to record the upload.
+struct PresignAnswer {
+    s3object_id: Uuid,
+    key: String,
+    expires_at: OffsetDateTime,
+}
+
+impl PresignAnswer {
+    fn parse(body: &[u8]) -> Result<Self, GatewayError> {
+        #[derive(Deserialize)]
+        struct Fields {
+            key: String,
+        }
+        #[derive(Deserialize)]
+        struct Raw {
+            s3object_id: String,
+            fields: Fields,
+            expires_at: String,
+        }
+        let bad = |why: &str| {
+            tracing::warn!(reason = why, "unusable presign answer from upstream");
+            GatewayError::Upstream(UpstreamFailure::BadResponse)
+        };
+        let raw: Raw = serde_json::from_slice(body).map_err(|_| bad("not the expected JSON"))?;
+        let s3object_id = Uuid::try_parse(&raw.s3object_id).map_err(|_| bad("s3object_id is not a UUID"))?;
+        if raw.fields.key.is_empty() {
+            return Err(bad("fields.key is empty"));
+        }
+        let expires_at = OffsetDateTime::parse(&raw.expires_at, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| bad("expires_at is not an RFC 3339 date-time"))?;
+        Ok(Self { s3object_id, key: raw.fields.key, expires_at })
+    }
+}

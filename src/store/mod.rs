@@ -1,0 +1,109 @@
+//! Which upload was issued to whom, and its confirmation state. One trait, one file per backend;
+//! every backend passes the same contract suite (`tests/store_contract.rs`).
+//!
+//! Lifecycle of one upload:
+//! `record` (issued) -> `claim` (a confirmation in flight, a lease) -> `consume` (upstream said 2xx)
+//! or `release` (upstream failed; the user may retry). After its window closes an unconsumed upload
+//! answers `Expired`, and every entry is forgotten `remember_expired` after its window.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub use memory::MemoryStore;
+
+/// An upload the gateway presigned for a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedUpload {
+    pub s3object_id: Uuid,
+    /// The S3 key the upstream issued (`fields.key`); a confirmation must name exactly this key.
+    pub key: String,
+    pub user: String,
+    pub source: String,
+    pub issued_at: OffsetDateTime,
+    /// Last instant a confirmation is accepted.
+    pub window_end: OffsetDateTime,
+}
+
+/// The upstream's answer to a successful confirmation, kept to answer idempotent repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+/// Proof of a claim: release and consume act only for the claim that holds the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease(pub Uuid);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// This caller now holds the upload; it must `consume` or `release` it.
+    Claimed { lease: Lease, upload: IssuedUpload },
+    /// Unknown uuid, or issued to another user: the same answer, so there is no oracle.
+    NotFound,
+    KeyMismatch,
+    Expired,
+    /// Another confirmation holds an unexpired lease.
+    InFlight,
+    /// Confirmed before. `Some` when the same key is repeated and the answer was kept.
+    AlreadyConfirmed(Option<StoredResponse>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the user holds {limit} outstanding uploads")]
+    UserCapReached { limit: usize },
+    #[error("the store is full")]
+    Full,
+    #[error("the store is unavailable")]
+    Unavailable,
+}
+
+/// Bounds that are the store's own, fixed at construction.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// Entries held at once, all states together.
+    pub max_uploads: usize,
+    /// How long an entry is kept after its window closes.
+    pub remember_expired: std::time::Duration,
+}
+
+/// Largest upstream answer kept for idempotent repeats; a larger one is not replayed (409).
+pub const MAX_STORED_RESPONSE_BYTES: usize = 64 * 1024;
+
+#[async_trait]
+pub trait UploadStore: Send + Sync + 'static {
+    /// Issued, unconsumed uploads of `user` whose window is still open.
+    async fn outstanding(&self, user: &str, now: OffsetDateTime) -> Result<usize, StoreError>;
+
+    /// Records an issued upload, unless the user already holds `max_outstanding` open uploads
+    /// or the store is full. Never evicts a live upload to make room.
+    async fn record(&self, upload: IssuedUpload, max_outstanding: usize, now: OffsetDateTime) -> Result<(), StoreError>;
+
+    /// Atomically checks that `user` may confirm `id` with `key` now, and if so takes a lease.
+    async fn claim(
+        &self,
+        user: &str,
+        id: Uuid,
+        key: &str,
+        now: OffsetDateTime,
+        lease_for: std::time::Duration,
+    ) -> Result<ClaimOutcome, StoreError>;
+
+    /// Gives a claimed upload back (the confirmation failed); a no-op for a stale lease.
+    async fn release(&self, id: Uuid, lease: Lease) -> Result<(), StoreError>;
+
+    /// Marks a claimed upload confirmed for good, keeping the answer for repeats.
+    async fn consume(&self, id: Uuid, lease: Lease, response: StoredResponse) -> Result<(), StoreError>;
+
+    /// Forgets entries past their memory; returns how many expired uploads were never confirmed.
+    async fn purge(&self, now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError>;
+
+    /// Entries held, all states together.
+    async fn len(&self) -> Result<usize, StoreError>;
+}

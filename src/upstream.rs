@@ -1,0 +1,285 @@
+//! The Kizen upstream. Every call is *constructed*: fixed method and path, re-encoded validated
+//! parameters, the server-held credentials, and only allowlisted client headers. Answers are read
+//! with a size cap, scanned for a leaked API key, and reduced to allowlisted headers.
+
+use std::sync::Once;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use bytes::{Bytes, BytesMut};
+use reqwest::Url;
+
+use crate::{
+    auth::AuthenticatedUser,
+    config::UpstreamConfig,
+    error::{GatewayError, UpstreamFailure},
+    secrets::SecretHeaderValue,
+    store::IssuedUpload,
+    validate::{ConfirmInput, PresignInput},
+};
+
+pub const PRESIGN_PATH: &str = "/api/s3/presigned-post";
+pub const SUCCESS_PATH: &str = "/api/s3/success";
+
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_BUSINESS_ID: HeaderName = HeaderName::from_static("x-business-id");
+static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Upstream response headers a client may see. Everything else (hop-by-hop, cookies, `Location`,
+/// anything that could name a secret) is dropped.
+const RESPONSE_HEADER_ALLOWLIST: [HeaderName; 4] =
+    [header::CONTENT_TYPE, header::CACHE_CONTROL, header::CONTENT_LANGUAGE, header::EXPIRES];
+
+/// rustls needs one process-wide crypto provider; ring keeps the build free of C toolchains.
+pub fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// An upstream answer the client may see: 2xx, or a 4xx that describes the client's input.
+#[derive(Debug, Clone)]
+pub struct UpstreamAnswer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl UpstreamAnswer {
+    pub fn content_type(&self) -> Option<&str> {
+        self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub struct UpstreamClient {
+    client: reqwest::Client,
+    presign_url: Url,
+    success_url: Url,
+    api_key: SecretHeaderValue,
+    business_id: SecretHeaderValue,
+    /// `None` when X-USER-ID comes from a claim of the end user's token.
+    user_id: Option<SecretHeaderValue>,
+    forward_headers: Vec<HeaderName>,
+    max_response_bytes: usize,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient").field("presign_url", &self.presign_url.as_str()).finish_non_exhaustive()
+    }
+}
+
+impl UpstreamClient {
+    /// Loads the secrets and builds the pooled client. Errors name the option, never a value.
+    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+        install_crypto_provider();
+        let base = config.base_url.trim_end_matches('/');
+        let url = |path: &str| Url::parse(&format!("{base}{path}")).map_err(|e| format!("upstream.base_url: {e}"));
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .tcp_nodelay(true)
+            .user_agent(concat!("kizen-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("upstream: cannot build HTTP client: {e}"))?;
+        let user_id = match &config.user_id_claim {
+            Some(_) => None,
+            None => Some(config.user_id.load_header_value().map_err(|e| format!("upstream.user_id: {e}"))?),
+        };
+        Ok(Self {
+            client,
+            presign_url: url(PRESIGN_PATH)?,
+            success_url: url(SUCCESS_PATH)?,
+            api_key: config.api_key.load_header_value().map_err(|e| format!("upstream.api_key: {e}"))?,
+            business_id: config.business_id.load_header_value().map_err(|e| format!("upstream.business_id: {e}"))?,
+            user_id,
+            forward_headers: config
+                .forward_headers
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect(),
+            max_response_bytes: config.max_response_bytes,
+        })
+    }
+
+    pub async fn presign(
+        &self,
+        input: &PresignInput,
+        user: &AuthenticatedUser,
+        client_headers: &HeaderMap,
+        request_id: &str,
+    ) -> Result<UpstreamAnswer, GatewayError> {
+        let mut url = self.presign_url.clone();
+        url.query_pairs_mut()
+            .append_pair("contenttype", &input.contenttype)
+            .append_pair("filename", &input.filename)
+            .append_pair("source", &input.source);
+        let request = self.client.get(url).headers(self.headers(user, client_headers, request_id)?);
+        self.send("presign", request).await
+    }
+
+    pub async fn confirm(
+        &self,
+        input: &ConfirmInput,
+        upload: &IssuedUpload,
+        is_public: bool,
+        user: &AuthenticatedUser,
+        client_headers: &HeaderMap,
+        request_id: &str,
+    ) -> Result<UpstreamAnswer, GatewayError> {
+        let mut url = self.success_url.clone();
+        url.query_pairs_mut().append_pair("source", &upload.source);
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("uuid", &upload.s3object_id.to_string())
+            .append_pair("key", &upload.key)
+            .append_pair("name", &input.name)
+            .append_pair("etag", &input.etag)
+            .append_pair("is_public", if is_public { "true" } else { "false" })
+            .append_pair("business_id", self.business_id.expose())
+            .finish();
+        let mut headers = self.headers(user, client_headers, request_id)?;
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+        let request = self.client.post(url).headers(headers).body(body);
+        self.send("confirm", request).await
+    }
+
+    fn headers(&self, user: &AuthenticatedUser, client: &HeaderMap, request_id: &str) -> Result<HeaderMap, GatewayError> {
+        let mut headers = HeaderMap::with_capacity(8);
+        // Headers the client named in `Connection` are hop-by-hop: never passed on.
+        let hop_by_hop: Vec<String> = client
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|name| name.trim().to_ascii_lowercase())
+            .collect();
+        for name in &self.forward_headers {
+            if hop_by_hop.iter().any(|h| h == name.as_str()) {
+                continue;
+            }
+            for value in client.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        if let Ok(value) = HeaderValue::from_str(request_id) {
+            headers.insert(X_REQUEST_ID.clone(), value);
+        }
+        headers.insert(X_API_KEY.clone(), self.api_key.header_value().clone());
+        headers.insert(X_BUSINESS_ID.clone(), self.business_id.header_value().clone());
+        let user_id = match (&self.user_id, &user.upstream_user_id) {
+            (Some(constant), _) => constant.header_value().clone(),
+            (None, Some(from_claim)) => {
+                let mut value = HeaderValue::from_str(from_claim).map_err(|_| GatewayError::Internal)?;
+                value.set_sensitive(true);
+                value
+            }
+            (None, None) => return Err(GatewayError::Internal),
+        };
+        headers.insert(X_USER_ID.clone(), user_id);
+        Ok(headers)
+    }
+
+    async fn send(&self, route: &'static str, request: reqwest::RequestBuilder) -> Result<UpstreamAnswer, GatewayError> {
+        let started = std::time::Instant::now();
+        let response = request.send().await.map_err(|e| {
+            let failure = if e.is_timeout() { UpstreamFailure::Timeout } else { UpstreamFailure::Unreachable };
+            tracing::warn!(route, error = %e.without_url(), "upstream call failed");
+            GatewayError::Upstream(failure)
+        })?;
+        let status = response.status();
+        let headers = self.filter_headers(response.headers());
+        let body = self.read_body(route, response).await?;
+        tracing::debug!(route, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "upstream answered");
+
+        if self.leaks_api_key(&body) {
+            tracing::error!(route, status = status.as_u16(), "upstream answer contained the API key; withheld");
+            return Err(GatewayError::Upstream(UpstreamFailure::BadResponse));
+        }
+        match status.as_u16() {
+            200..=299 => Ok(UpstreamAnswer { status, headers, body }),
+            401 | 403 => {
+                tracing::error!(
+                    route,
+                    status = status.as_u16(),
+                    "upstream refused the gateway's credentials: check upstream.api_key, business_id and user_id"
+                );
+                Err(GatewayError::Upstream(UpstreamFailure::CredentialsRejected))
+            }
+            400..=499 => Ok(UpstreamAnswer { status, headers, body }),
+            300..=399 => {
+                tracing::error!(route, status = status.as_u16(), "upstream answered with a redirect; not followed");
+                Err(GatewayError::Upstream(UpstreamFailure::BadResponse))
+            }
+            500..=599 => {
+                tracing::warn!(route, status = status.as_u16(), "upstream server error");
+                Err(GatewayError::Upstream(UpstreamFailure::ServerError))
+            }
+            _ => Err(GatewayError::Upstream(UpstreamFailure::BadResponse)),
+        }
+    }
+
+    async fn read_body(&self, route: &'static str, mut response: reqwest::Response) -> Result<Bytes, GatewayError> {
+        let too_large = || {
+            tracing::warn!(route, limit = self.max_response_bytes, "upstream answer too large");
+            GatewayError::Upstream(UpstreamFailure::BadResponse)
+        };
+        if response.content_length().is_some_and(|len| len > self.max_response_bytes as u64) {
+            return Err(too_large());
+        }
+        let mut body = BytesMut::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_response_bytes {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Err(e) => {
+                    let failure = if e.is_timeout() { UpstreamFailure::Timeout } else { UpstreamFailure::BadResponse };
+                    tracing::warn!(route, error = %e.without_url(), "reading the upstream answer failed");
+                    return Err(GatewayError::Upstream(failure));
+                }
+            }
+        }
+    }
+
+    fn filter_headers(&self, upstream: &HeaderMap) -> HeaderMap {
+        let mut kept = HeaderMap::new();
+        for name in &RESPONSE_HEADER_ALLOWLIST {
+            if let Some(value) = upstream.get(name)
+                && !self.names_a_secret(value.as_bytes())
+            {
+                kept.insert(name.clone(), value.clone());
+            }
+        }
+        kept
+    }
+
+    fn secrets(&self) -> impl Iterator<Item = &str> {
+        [Some(&self.api_key), Some(&self.business_id), self.user_id.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(SecretHeaderValue::expose)
+    }
+
+    fn names_a_secret(&self, bytes: &[u8]) -> bool {
+        self.secrets().any(|secret| contains(bytes, secret.as_bytes()))
+    }
+
+    /// Bodies are scanned for the API key only: the ids may legitimately appear in Kizen's data
+    /// (the business and the employee of an S3Object), the key never does.
+    fn leaks_api_key(&self, body: &[u8]) -> bool {
+        contains(body, self.api_key.expose().as_bytes())
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|window| window == needle)
+}

@@ -1,0 +1,289 @@
+//! Input rules for both routes. Every invalid field is reported at once, by name; nothing is
+//! forwarded until the whole input is valid.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use crate::{
+    config::{KIZEN_SOURCES, PresignConfig},
+    error::FieldError,
+};
+
+/// A validated presign request, ready to be re-encoded upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresignInput {
+    pub contenttype: String,
+    pub filename: String,
+    pub source: String,
+}
+
+/// A validated confirmation. `business_id` from the client is read only to be discarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfirmInput {
+    pub uuid: Uuid,
+    pub key: String,
+    pub name: String,
+    pub etag: String,
+    pub is_public: bool,
+}
+
+const MAX_NAME_BYTES: usize = 255;
+const MAX_KEY_BYTES: usize = 1024;
+const MAX_ETAG_BYTES: usize = 256;
+
+/// Splits `a=1&b=2` into fields, refusing duplicates and names outside `known`.
+fn parse_fields<'a>(
+    raw: &str,
+    known: &[&'a str],
+    errors: &mut Vec<FieldError>,
+) -> HashMap<&'a str, String> {
+    let mut fields = HashMap::new();
+    for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
+        match known.iter().find(|k| **k == name) {
+            Some(known_name) => {
+                if fields.insert(*known_name, value.into_owned()).is_some()
+                    && !errors.iter().any(|e| e.field == *known_name)
+                {
+                    errors.push(FieldError::new(known_name, "duplicate", format!("{known_name} is given more than once")));
+                }
+            }
+            None => {
+                let shown = display_name(&name);
+                if !errors.iter().any(|e| e.field == shown) {
+                    errors.push(FieldError::new(&shown, "unknown_field", format!("{shown} is not a parameter of this route")));
+                }
+            }
+        }
+    }
+    fields
+}
+
+/// A client-chosen parameter name, shortened and stripped of anything unprintable.
+fn display_name(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control() && !is_bidi_control(*c)).take(64).collect()
+}
+
+fn required<'f>(fields: &'f HashMap<&str, String>, name: &str, errors: &mut Vec<FieldError>) -> Option<&'f str> {
+    match fields.get(name) {
+        Some(value) if !value.is_empty() => Some(value),
+        _ => {
+            if !errors.iter().any(|e| e.field == name) {
+                errors.push(FieldError::new(name, "required", format!("{name} is required")));
+            }
+            None
+        }
+    }
+}
+
+/// Characters that reorder displayed text: a filename must not lie about its extension.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `type/subtype`, both RFC 9110 tokens, no parameters.
+pub fn is_content_type(value: &str) -> bool {
+    match value.split_once('/') {
+        Some((kind, subtype)) => {
+            value.len() <= 255
+                && !kind.is_empty()
+                && !subtype.is_empty()
+                && kind.bytes().all(is_token_char)
+                && subtype.bytes().all(is_token_char)
+        }
+        None => false,
+    }
+}
+
+/// An allowlist entry: a content type, `type/*`, or `*/*`.
+pub fn is_content_type_pattern(pattern: &str) -> bool {
+    is_content_type(pattern) && (!pattern.contains('*') || pattern.ends_with("/*"))
+}
+
+fn content_type_allowed(value: &str, allowed: &[String]) -> bool {
+    allowed.is_empty()
+        || allowed.iter().any(|pattern| match pattern.strip_suffix("/*") {
+            Some("*") => true,
+            Some(kind) => value.split_once('/').is_some_and(|(k, _)| k.eq_ignore_ascii_case(kind)),
+            None => pattern.eq_ignore_ascii_case(value),
+        })
+}
+
+/// Why a file name is refused, if it is.
+fn file_name_problem(name: &str) -> Option<&'static str> {
+    if name.len() > MAX_NAME_BYTES {
+        Some("must be at most 255 bytes")
+    } else if name == "." || name == ".." {
+        Some("must not be \".\" or \"..\"")
+    } else if name.contains(['/', '\\']) {
+        Some("must not contain / or \\")
+    } else if name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+        Some("must not contain control or bidirectional-override characters")
+    } else if name.contains('\u{FFFD}') {
+        Some("must be valid UTF-8")
+    } else {
+        None
+    }
+}
+
+pub fn presign(query: Option<&str>, config: &PresignConfig) -> Result<PresignInput, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let fields = parse_fields(query.unwrap_or(""), &["contenttype", "filename", "source"], &mut errors);
+
+    let contenttype = required(&fields, "contenttype", &mut errors);
+    if let Some(value) = contenttype {
+        if !is_content_type(value) {
+            errors.push(FieldError::new("contenttype", "invalid", "contenttype must look like type/subtype, e.g. image/png"));
+        } else if !content_type_allowed(value, &config.allowed_content_types) {
+            errors.push(FieldError::new(
+                "contenttype",
+                "not_allowed",
+                format!("contenttype must match one of: {}", config.allowed_content_types.join(", ")),
+            ));
+        }
+    }
+
+    let filename = required(&fields, "filename", &mut errors);
+    if let Some(problem) = filename.and_then(file_name_problem) {
+        errors.push(FieldError::new("filename", "invalid", format!("filename {problem}")));
+    }
+
+    let source = required(&fields, "source", &mut errors);
+    if let Some(value) = source {
+        if !KIZEN_SOURCES.contains(&value) {
+            errors.push(FieldError::new("source", "invalid", format!("source must be one of: {}", KIZEN_SOURCES.join(", "))));
+        } else if !config.allowed_sources.iter().any(|s| s == value) {
+            errors.push(FieldError::new(
+                "source",
+                "not_allowed",
+                format!("source must be one of: {}", config.allowed_sources.join(", ")),
+            ));
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(PresignInput {
+        contenttype: contenttype.unwrap_or_default().to_owned(),
+        filename: filename.unwrap_or_default().to_owned(),
+        source: source.unwrap_or_default().to_owned(),
+    })
+}
+
+/// `application/x-www-form-urlencoded`, with or without a charset parameter.
+pub fn is_form_content_type(value: Option<&http::HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+}
+
+pub fn confirm(body: &[u8]) -> Result<ConfirmInput, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let Ok(body) = std::str::from_utf8(body) else {
+        return Err(vec![FieldError::new("body", "invalid", "the body must be UTF-8 form data")]);
+    };
+    let fields = parse_fields(body, &["uuid", "key", "name", "etag", "is_public", "business_id"], &mut errors);
+
+    let uuid = required(&fields, "uuid", &mut errors).and_then(|value| match Uuid::try_parse(value) {
+        Ok(uuid) => Some(uuid),
+        Err(_) => {
+            errors.push(FieldError::new("uuid", "invalid", "uuid must be a UUID"));
+            None
+        }
+    });
+
+    let key = required(&fields, "key", &mut errors);
+    if let Some(key) = key
+        && (key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control))
+    {
+        errors.push(FieldError::new("key", "invalid", "key must be at most 1024 bytes without control characters"));
+    }
+
+    let name = required(&fields, "name", &mut errors);
+    if let Some(problem) = name.and_then(file_name_problem) {
+        errors.push(FieldError::new("name", "invalid", format!("name {problem}")));
+    }
+
+    let etag = required(&fields, "etag", &mut errors);
+    if let Some(etag) = etag
+        && (etag.len() > MAX_ETAG_BYTES || !etag.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        errors.push(FieldError::new("etag", "invalid", "etag must be at most 256 visible ASCII characters"));
+    }
+
+    let is_public = match fields.get("is_public").map(|v| v.to_ascii_lowercase()) {
+        None => false,
+        Some(v) if v == "true" || v == "1" => true,
+        Some(v) if v == "false" || v == "0" || v.is_empty() => false,
+        Some(_) => {
+            errors.push(FieldError::new("is_public", "invalid", "is_public must be true or false"));
+            false
+        }
+    };
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(ConfirmInput {
+        uuid: uuid.expect("no errors"),
+        key: key.unwrap_or_default().to_owned(),
+        name: name.unwrap_or_default().to_owned(),
+        etag: etag.unwrap_or_default().to_owned(),
+        is_public,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> PresignConfig {
+        crate::config::Config::from_toml(crate::testing::MINIMAL_TOML).unwrap().presign
+    }
+
+    #[test]
+    fn valid_presign_passes() {
+        let input = presign(Some("contenttype=image%2Fpng&filename=a%20b.png&source=field_value"), &config()).unwrap();
+        assert_eq!(input.filename, "a b.png");
+        assert_eq!(input.contenttype, "image/png");
+    }
+
+    #[test]
+    fn every_invalid_field_is_listed() {
+        let errors = presign(Some("contenttype=png&filename=..&source=nope"), &config()).unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["contenttype", "filename", "source"]);
+    }
+
+    #[test]
+    fn bidi_and_separators_are_refused() {
+        for bad in ["a%2Fb", "a%5Cb", "evil%E2%80%AEgnp.exe", "a%00b", "a%0Ab", "."] {
+            let query = format!("contenttype=image/png&filename={bad}&source=field_value");
+            let errors = presign(Some(&query), &config()).unwrap_err();
+            assert_eq!(errors[0].field, "filename", "{bad}");
+        }
+    }
+
+    #[test]
+    fn wildcards_in_the_allowlist() {
+        let allowed = vec!["image/*".to_owned()];
+        assert!(content_type_allowed("image/png", &allowed));
+        assert!(content_type_allowed("IMAGE/jpeg", &allowed));
+        assert!(!content_type_allowed("application/pdf", &allowed));
+        assert!(content_type_allowed("application/pdf", &["*/*".to_owned()]));
+    }
+
+    #[test]
+    fn duplicates_and_unknown_fields() {
+        let errors = presign(Some("contenttype=a/b&contenttype=c/d&filename=x&source=field_value&x=1"), &config())
+            .unwrap_err();
+        assert_eq!(errors[0].code, "duplicate");
+        assert_eq!(errors[1].code, "unknown_field");
+    }
+}
