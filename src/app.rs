@@ -62,16 +62,34 @@ impl App {
     }
 
     /// Like [`App::from_config`] with a given store and clock (tests, embedding).
-    pub fn with_parts(config: Config, store: Arc<dyn UploadStore>, clock: Arc<dyn Clock>) -> Result<Self, String> {
+    pub fn with_parts(
+        config: Config,
+        store: Arc<dyn UploadStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
         let verifier = Verifier::new(&config.auth, config.upstream.user_id_claim.clone())?;
         let upstream = UpstreamClient::new(&config.upstream)?;
-        let presign_limiter = PresignLimiter::new(config.presign.rate_limit_burst, config.presign.rate_limit_period);
-        Ok(Self { config, verifier, upstream, store, presign_limiter, clock })
+        let presign_limiter = PresignLimiter::new(
+            config.presign.rate_limit_burst,
+            config.presign.rate_limit_period,
+        );
+        Ok(Self {
+            config,
+            verifier,
+            upstream,
+            store,
+            presign_limiter,
+            clock,
+        })
     }
 
     /// The last instant a confirmation is accepted: the upload's `expires_at` plus the grace,
     /// capped at `max_window` after the presign so that an upstream clock cannot stretch it.
-    pub fn confirmation_window_end(&self, issued_at: OffsetDateTime, expires_at: OffsetDateTime) -> OffsetDateTime {
+    pub fn confirmation_window_end(
+        &self,
+        issued_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> OffsetDateTime {
         let confirm = &self.config.confirm;
         let by_expiry = expires_at + confirm.grace;
         let cap = issued_at + confirm.max_window;
@@ -129,12 +147,19 @@ fn cors(origins: &[String], max_age: Duration) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }
-    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, X_REQUEST_ID.clone()])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                X_REQUEST_ID.clone(),
+            ])
             .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
             .max_age(max_age),
     )

@@ -215,7 +215,15 @@ impl Config {
 
     /// Like [`Config::load`] without reading the environment (tests, dev mode).
     pub fn from_toml(overrides: &str) -> Result<Self, ConfigError> {
-        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(overrides));
+        Self::from_toml_layers(&[overrides])
+    }
+
+    /// The defaults, then each TOML layer in order, then validation.
+    pub fn from_toml_layers(layers: &[&str]) -> Result<Self, ConfigError> {
+        let figment = layers.iter().fold(
+            Figment::from(Toml::string(DEFAULT_TOML)),
+            |figment, layer| figment.merge(Toml::string(layer)),
+        );
         Self::extract(figment)
     }
 
@@ -223,7 +231,10 @@ impl Config {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(invalid("--config", format!("no such file: {}", path.display())));
+                return Err(invalid(
+                    "--config",
+                    format!("no such file: {}", path.display()),
+                ));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -233,7 +244,11 @@ impl Config {
     fn extract(figment: Figment) -> Result<Self, ConfigError> {
         let config: Config = figment.extract().map_err(|e| {
             // figment reports one error per problem; the first names the option and the source.
-            let first = e.into_iter().next().map(|e| e.to_string()).unwrap_or_default();
+            let first = e
+                .into_iter()
+                .next()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             ConfigError(first.replace('\n', " "))
         })?;
         config.validate()?;
@@ -303,7 +318,10 @@ impl Config {
         for name in &u.forward_headers {
             let lower = name.to_ascii_lowercase();
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(invalid("upstream.forward_headers", format!("{name:?} is not a header name")));
+                return Err(invalid(
+                    "upstream.forward_headers",
+                    format!("{name:?} is not a header name"),
+                ));
             }
             if NEVER_FORWARDED.contains(&lower.as_str())
                 || lower.starts_with("x-forwarded-")
@@ -335,7 +353,10 @@ impl Config {
             if !KIZEN_SOURCES.contains(&source.as_str()) {
                 return Err(invalid(
                     "presign.allowed_sources",
-                    format!("{source:?} is not a Kizen source ({})", KIZEN_SOURCES.join(", ")),
+                    format!(
+                        "{source:?} is not a Kizen source ({})",
+                        KIZEN_SOURCES.join(", ")
+                    ),
                 ));
             }
         }
@@ -343,7 +364,10 @@ impl Config {
             return Err(invalid("presign.rate_limit_burst", "must be at least 1"));
         }
         nonzero("presign.rate_limit_period", p.rate_limit_period)?;
-        positive("presign.max_outstanding_per_user", p.max_outstanding_per_user)?;
+        positive(
+            "presign.max_outstanding_per_user",
+            p.max_outstanding_per_user,
+        )?;
 
         let c = &self.confirm;
         nonzero("confirm.max_window", c.max_window)?;
@@ -354,7 +378,10 @@ impl Config {
         positive("confirm.max_body_bytes", c.max_body_bytes)?;
         for source in &c.public_sources {
             if !KIZEN_SOURCES.contains(&source.as_str()) {
-                return Err(invalid("confirm.public_sources", format!("{source:?} is not a Kizen source")));
+                return Err(invalid(
+                    "confirm.public_sources",
+                    format!("{source:?} is not a Kizen source"),
+                ));
             }
         }
 

@@ -29,13 +29,26 @@ pub const STEPS_BEGIN: &str = "# ---- steps: paste into a shell ----";
 pub const STEPS_END: &str = "# ---- end of steps ----";
 
 pub async fn setup(gateway_addr: SocketAddr, standin_addr: SocketAddr) -> Result<DevSetup, String> {
-    let gateway = TcpListener::bind(gateway_addr).await.map_err(|e| format!("cannot bind {gateway_addr}: {e}"))?;
-    let standin_listener =
-        TcpListener::bind(standin_addr).await.map_err(|e| format!("cannot bind {standin_addr}: {e}"))?;
-    let gateway_url = format!("http://{}", gateway.local_addr().map_err(|e| e.to_string())?);
-    let standin_url = format!("http://{}", standin_listener.local_addr().map_err(|e| e.to_string())?);
+    let gateway = TcpListener::bind(gateway_addr)
+        .await
+        .map_err(|e| format!("cannot bind {gateway_addr}: {e}"))?;
+    let standin_listener = TcpListener::bind(standin_addr)
+        .await
+        .map_err(|e| format!("cannot bind {standin_addr}: {e}"))?;
+    let gateway_url = format!(
+        "http://{}",
+        gateway.local_addr().map_err(|e| e.to_string())?
+    );
+    let standin_url = format!(
+        "http://{}",
+        standin_listener.local_addr().map_err(|e| e.to_string())?
+    );
 
-    let hmac_secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let hmac_secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     let api_key = format!("dev-api-key-{}", uuid::Uuid::new_v4().simple());
     let business_id = "dev-business".to_owned();
 
@@ -83,29 +96,56 @@ pub async fn setup(gateway_addr: SocketAddr, standin_addr: SocketAddr) -> Result
 
 fn instructions(gateway: &str, standin: &str, token: &str) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "==================================================================");
-    let _ = writeln!(out, " DEV MODE: the gateway talks to a LOCAL STAND-IN of the Kizen API,");
-    let _ = writeln!(out, " not to Kizen. Keys and secrets are throwaway. Never use in production.");
-    let _ = writeln!(out, "==================================================================");
+    let _ = writeln!(
+        out,
+        "=================================================================="
+    );
+    let _ = writeln!(
+        out,
+        " DEV MODE: the gateway talks to a LOCAL STAND-IN of the Kizen API,"
+    );
+    let _ = writeln!(
+        out,
+        " not to Kizen. Keys and secrets are throwaway. Never use in production."
+    );
+    let _ = writeln!(
+        out,
+        "=================================================================="
+    );
     let _ = writeln!(out, " gateway:  {gateway}");
     let _ = writeln!(out, " stand-in: {standin}  (files kept in memory)");
-    let _ = writeln!(out, " dev token for user \"{DEV_USER}\", valid 12 hours (needs curl and jq):");
+    let _ = writeln!(
+        out,
+        " dev token for user \"{DEV_USER}\", valid 12 hours (needs curl and jq):"
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "{STEPS_BEGIN}");
     let _ = writeln!(out, "export TOKEN='{token}'");
-    let _ = writeln!(out, "# 1. presign: the gateway checks the token and asks Kizen for an upload URL");
+    let _ = writeln!(
+        out,
+        "# 1. presign: the gateway checks the token and asks Kizen for an upload URL"
+    );
     let _ = writeln!(
         out,
         "curl -sf -H \"Authorization: Bearer $TOKEN\" '{gateway}/api/s3/presigned-post?contenttype=text/plain&filename=hello.txt&source=field_value' > presign.json && cat presign.json && echo"
     );
-    let _ = writeln!(out, "# 2. upload: straight to the storage URL, every presigned field first, the file last");
+    let _ = writeln!(
+        out,
+        "# 2. upload: straight to the storage URL, every presigned field first, the file last"
+    );
     let _ = writeln!(out, "echo 'hello, kizen' > hello.txt");
     let _ = writeln!(
         out,
         "curl -sf -D upload-headers.txt -o /dev/null $(jq -r '.fields | to_entries[] | \"--form-string \\(.key)=\\(.value)\"' presign.json) -F file=@hello.txt \"$(jq -r .url presign.json)\""
     );
-    let _ = writeln!(out, "export ETAG=$(grep -i '^etag:' upload-headers.txt | cut -d' ' -f2 | tr -d '\\r\"')");
-    let _ = writeln!(out, "# 3. confirm: the gateway forwards it only for the user it issued the upload to, once");
+    let _ = writeln!(
+        out,
+        "export ETAG=$(grep -i '^etag:' upload-headers.txt | cut -d' ' -f2 | tr -d '\\r\"')"
+    );
+    let _ = writeln!(
+        out,
+        "# 3. confirm: the gateway forwards it only for the user it issued the upload to, once"
+    );
     let _ = writeln!(
         out,
         "curl -sf -H \"Authorization: Bearer $TOKEN\" --data-urlencode \"uuid=$(jq -r .s3object_id presign.json)\" --data-urlencode \"key=$(jq -r .fields.key presign.json)\" --data-urlencode name=hello.txt --data-urlencode \"etag=$ETAG\" {gateway}/api/s3/success && echo"

@@ -22,7 +22,11 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: &str, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { field: field.to_owned(), code, detail: detail.into() }
+        Self {
+            field: field.to_owned(),
+            code,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -49,7 +53,10 @@ pub enum GatewayError {
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
     #[error("malformed request: {detail}")]
-    MalformedRequest { code: &'static str, detail: &'static str },
+    MalformedRequest {
+        code: &'static str,
+        detail: &'static str,
+    },
     #[error("invalid input")]
     InvalidInput(Vec<FieldError>),
     #[error("unsupported media type")]
@@ -152,7 +159,10 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             Unauthorized(failure) => failure.detail().to_owned(),
-            RouteNotFound => "this gateway serves only GET /api/s3/presigned-post and POST /api/s3/success".into(),
+            RouteNotFound => {
+                "this gateway serves only GET /api/s3/presigned-post and POST /api/s3/success"
+                    .into()
+            }
             MethodNotAllowed { allow } => format!("this route accepts only {allow}"),
             MalformedRequest { detail, .. } => (*detail).to_owned(),
             InvalidInput(errors) => {
@@ -170,19 +180,31 @@ impl GatewayError {
             ),
             UploadNotFound => "no upload with this uuid was issued to you".into(),
             KeyMismatch => "key is not the key issued for this upload".into(),
-            UploadExpired => "the confirmation window of this upload has closed; presign again".into(),
-            ConfirmationInProgress => "a confirmation of this upload is in progress; retry shortly".into(),
+            UploadExpired => {
+                "the confirmation window of this upload has closed; presign again".into()
+            }
+            ConfirmationInProgress => {
+                "a confirmation of this upload is in progress; retry shortly".into()
+            }
             AlreadyConfirmed => "this upload was already confirmed".into(),
             StoreFull => "the gateway holds as many uploads as it may; retry later".into(),
             StoreUnavailable => "the upload store is unavailable; retry later".into(),
             Overloaded => "the gateway is at its concurrency limit; retry shortly".into(),
             RequestTimeout => "the request did not complete in time".into(),
-            Upstream(UpstreamFailure::Unreachable) => "the upload service could not be reached".into(),
-            Upstream(UpstreamFailure::Timeout) => "the upload service did not answer in time".into(),
-            Upstream(UpstreamFailure::BadResponse) => "the upload service gave an unusable answer".into(),
+            Upstream(UpstreamFailure::Unreachable) => {
+                "the upload service could not be reached".into()
+            }
+            Upstream(UpstreamFailure::Timeout) => {
+                "the upload service did not answer in time".into()
+            }
+            Upstream(UpstreamFailure::BadResponse) => {
+                "the upload service gave an unusable answer".into()
+            }
             Upstream(UpstreamFailure::ServerError) => "the upload service failed".into(),
             // Neutral on purpose: the client must not learn that the gateway's credentials failed.
-            Upstream(UpstreamFailure::CredentialsRejected) => "the upload service is unavailable".into(),
+            Upstream(UpstreamFailure::CredentialsRejected) => {
+                "the upload service is unavailable".into()
+            }
             Internal => "internal error".into(),
         }
     }
@@ -245,14 +267,20 @@ impl IntoResponse for GatewayError {
 /// Seconds for `Retry-After` and `RateLimit-Reset`: rounded up, never 0 while waiting.
 pub fn whole_seconds_ceil(duration: Duration) -> u64 {
     let secs = duration.as_secs();
-    if duration.subsec_nanos() > 0 { secs + 1 } else { secs }
+    if duration.subsec_nanos() > 0 {
+        secs + 1
+    } else {
+        secs
+    }
 }
 
 impl From<crate::store::StoreError> for GatewayError {
     fn from(error: crate::store::StoreError) -> Self {
         use crate::store::StoreError;
         match error {
-            StoreError::UserCapReached { limit } => GatewayError::TooManyOutstandingUploads { limit },
+            StoreError::UserCapReached { limit } => {
+                GatewayError::TooManyOutstandingUploads { limit }
+            }
             StoreError::Full => GatewayError::StoreFull,
             StoreError::Unavailable => GatewayError::StoreUnavailable,
         }

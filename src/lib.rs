@@ -46,11 +46,24 @@ pub use config::Config;
 
 /// Runs the gateway on `listener` until `shutdown` resolves: fetches the JWKS (if any), starts
 /// the background sweeper, serves, then drains.
-pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let state = AppState(Arc::new(app));
-    let jwks_refresh = state.verifier.start(state.config.auth.jwks.refresh_interval).await;
+    let jwks_refresh = state
+        .verifier
+        .start(state.config.auth.jwks.refresh_interval)
+        .await;
     let sweeper = spawn_sweeper(state.clone());
-    let result = server::serve(listener, app::app(state.clone()), &state.config.server, shutdown).await;
+    let result = server::serve(
+        listener,
+        app::app(state.clone()),
+        &state.config.server,
+        shutdown,
+    )
+    .await;
     sweeper.abort();
     if let Some(task) = jwks_refresh {
         task.abort();
@@ -81,7 +94,8 @@ pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

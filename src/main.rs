@@ -35,7 +35,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -66,7 +69,10 @@ fn load(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<Config, Str
 fn check_config(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {
     let config = load(file, listen)?;
     // Building the app reads every key file and secret, exactly as serving would.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     runtime.block_on(async { App::from_config(config).map(|_| ()) })?;
     println!("configuration is valid");
     Ok(())
@@ -77,16 +83,23 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     observability::init_tracing(&config.log, std::io::stdout)?;
     let addr = config.server.listen;
     let app = App::from_config(config)?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot bind {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot bind {addr}: {e}"))?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "kizen-gateway listening");
-    kizen_gateway::run(listener, app, kizen_gateway::shutdown_signal()).await.map_err(|e| e.to_string())
+    kizen_gateway::run(listener, app, kizen_gateway::shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn dev(listen: Option<SocketAddr>, standin_listen: SocketAddr) -> Result<(), String> {
     let listen = listen.unwrap_or_else(|| "127.0.0.1:8787".parse().expect("valid address"));
     let setup = dev::setup(listen, standin_listen).await?;
     observability::init_tracing(
-        &LogConfig { level: "info".into(), format: kizen_gateway::config::LogFormat::Text },
+        &LogConfig {
+            level: "info".into(),
+            format: kizen_gateway::config::LogFormat::Text,
+        },
         std::io::stderr,
     )?;
     tracing::warn!("DEV MODE: upstream is the local stand-in, not Kizen");
@@ -97,5 +110,7 @@ async fn dev(listen: Option<SocketAddr>, standin_listen: SocketAddr) -> Result<(
     print!("{}", setup.instructions);
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    kizen_gateway::run(setup.gateway, setup.app, kizen_gateway::shutdown_signal()).await.map_err(|e| e.to_string())
+    kizen_gateway::run(setup.gateway, setup.app, kizen_gateway::shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -26,16 +26,25 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_new(&config.level).map_err(|e| format!("log.level: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     let result = match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
     result.map_err(|e| format!("cannot install the log subscriber: {e}"))
 }
 
 pub fn seconds_since_epoch() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The outcome of a request in one word, set by the handler or the error; the access line logs it.
@@ -62,14 +71,19 @@ impl RequestUser {
 
 fn is_sane_request_id(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
-    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
 /// Middleware: assigns the request id and echoes it on the response.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     let value = match request.headers().get(&X_REQUEST_ID) {
         Some(value) if is_sane_request_id(value) => value.clone(),
-        _ => HeaderValue::from_str(&Uuid::new_v4().to_string()).expect("a UUID is a valid header value"),
+        _ => HeaderValue::from_str(&Uuid::new_v4().to_string())
+            .expect("a UUID is a valid header value"),
     };
     let id: Arc<str> = value.to_str().unwrap_or_default().into();
     request.extensions_mut().insert(RequestId(id));
@@ -94,18 +108,25 @@ pub async fn access_log(mut request: Request, next: Next) -> Response {
     let route = route_label(request.uri().path());
     let user = RequestUser::default();
     request.extensions_mut().insert(user.clone());
-    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone());
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone());
 
     let response = next.run(request).await;
 
     let status = response.status();
-    let outcome = response.extensions().get::<Outcome>().map(|o| o.0).unwrap_or(if status.is_success() {
-        "ok"
-    } else if status.is_client_error() {
-        "client_error"
-    } else {
-        "error"
-    });
+    let outcome = response
+        .extensions()
+        .get::<Outcome>()
+        .map(|o| o.0)
+        .unwrap_or(if status.is_success() {
+            "ok"
+        } else if status.is_client_error() {
+            "client_error"
+        } else {
+            "error"
+        });
     tracing::info!(
         target: "kizen_gateway::access",
         request_id = request_id.as_deref().unwrap_or("-"),

@@ -28,14 +28,21 @@ impl RateLimitHeaders {
     pub fn write(&self, headers: &mut HeaderMap) {
         headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
         headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert("ratelimit-reset", HeaderValue::from(whole_seconds_ceil(self.reset)));
+        headers.insert(
+            "ratelimit-reset",
+            HeaderValue::from(whole_seconds_ceil(self.reset)),
+        );
         if let Some(wait) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds_ceil(wait).max(1)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(whole_seconds_ceil(wait).max(1)),
+            );
         }
     }
 }
 
-type KeyedLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type KeyedLimiter =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 pub struct PresignLimiter {
     limiter: KeyedLimiter,
@@ -48,9 +55,15 @@ impl PresignLimiter {
     pub fn new(burst: u32, period: Duration) -> Self {
         let burst_nz = NonZeroU32::new(burst.max(1)).expect("max(1) is non-zero");
         let per_token = (period / burst_nz.get()).max(Duration::from_nanos(1));
-        let quota = Quota::with_period(per_token).expect("non-zero period").allow_burst(burst_nz);
+        let quota = Quota::with_period(per_token)
+            .expect("non-zero period")
+            .allow_burst(burst_nz);
         let limiter = RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>();
-        Self { limiter, burst: burst_nz.get(), per_token }
+        Self {
+            limiter,
+            burst: burst_nz.get(),
+            per_token,
+        }
     }
 
     /// Takes one presign from `user`'s budget, or says how long to wait.

@@ -40,7 +40,9 @@ pub struct StandinConfig {
 
 impl std::fmt::Debug for StandinConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StandinConfig").field("public_base", &self.public_base).finish_non_exhaustive()
+        f.debug_struct("StandinConfig")
+            .field("public_base", &self.public_base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,7 +59,11 @@ pub struct RecordedRequest {
 
 impl RecordedRequest {
     pub fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     pub fn form(&self) -> HashMap<String, String> {
@@ -65,7 +71,9 @@ impl RecordedRequest {
     }
 
     pub fn query_pairs(&self) -> Vec<(String, String)> {
-        form_urlencoded::parse(self.query.as_deref().unwrap_or("").as_bytes()).into_owned().collect()
+        form_urlencoded::parse(self.query.as_deref().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect()
     }
 }
 
@@ -79,7 +87,11 @@ pub enum Endpoint {
 /// A scripted answer, used once, in place of the normal behaviour.
 #[derive(Debug, Clone)]
 pub enum Scripted {
-    Respond { status: u16, headers: Vec<(String, String)>, body: String },
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
     /// Never answer (until the caller gives up).
     Hang,
     /// Answer normally, after this long.
@@ -105,11 +117,16 @@ struct Inner {
 pub struct Standin {
     config: Arc<StandinConfig>,
     inner: Arc<Mutex<Inner>>,
+    recorded: Arc<tokio::sync::Notify>,
 }
 
 impl Standin {
     pub fn new(config: StandinConfig) -> Self {
-        Self { config: Arc::new(config), inner: Arc::default() }
+        Self {
+            config: Arc::new(config),
+            inner: Arc::default(),
+            recorded: Arc::default(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -123,7 +140,32 @@ impl Standin {
 
     /// Requests received on one path.
     pub fn requests_to(&self, path: &str) -> Vec<RecordedRequest> {
-        self.lock().requests.iter().filter(|r| r.path == path).cloned().collect()
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Resolves once `count` requests to `path` have been received (a signal, not a sleep).
+    pub async fn wait_for_requests(&self, path: &str, count: usize) {
+        loop {
+            let notified = self.recorded.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self
+                .lock()
+                .requests
+                .iter()
+                .filter(|r| r.path == path)
+                .count()
+                >= count
+            {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The next call to `endpoint` gets `answer` instead of the normal behaviour.
@@ -141,7 +183,13 @@ impl Standin {
     }
 
     fn check_credentials(&self, headers: &HeaderMap) -> Result<(), Response> {
-        let get = |name: &str| headers.get_all(name).iter().map(|v| v.to_str().unwrap_or("")).collect::<Vec<_>>();
+        let get = |name: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap_or(""))
+                .collect::<Vec<_>>()
+        };
         let api_key = get("x-api-key");
         let business = get("x-business-id");
         let user = get("x-user-id");
@@ -149,19 +197,32 @@ impl Standin {
             && business == [self.config.business_id.as_str()]
             && user.len() == 1
             && !user[0].is_empty()
-            && self.config.user_id.as_deref().is_none_or(|expected| user[0] == expected);
+            && self
+                .config
+                .user_id
+                .as_deref()
+                .is_none_or(|expected| user[0] == expected);
         if ok {
             Ok(())
         } else {
-            Err((StatusCode::FORBIDDEN, axum::Json(json!({"detail": "You do not have permission to perform this action."})))
+            Err((
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({"detail": "You do not have permission to perform this action."})),
+            )
                 .into_response())
         }
     }
 }
 
-async fn record_and_script(State(standin): State<Standin>, request: Request, next: Next) -> Response {
+async fn record_and_script(
+    State(standin): State<Standin>,
+    request: Request,
+    next: Next,
+) -> Response {
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
     let recorded = RecordedRequest {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
@@ -169,7 +230,12 @@ async fn record_and_script(State(standin): State<Standin>, request: Request, nex
         headers: parts
             .headers
             .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body: body.clone(),
     };
@@ -181,21 +247,30 @@ async fn record_and_script(State(standin): State<Standin>, request: Request, nex
     let scripted = {
         let mut inner = standin.lock();
         inner.requests.push(recorded);
+        standin.recorded.notify_waiters();
         match endpoint {
             Some(endpoint) => {
                 let position = inner.script.iter().position(|(e, _)| *e == endpoint);
-                position.and_then(|i| inner.script.remove(i)).map(|(_, answer)| answer)
+                position
+                    .and_then(|i| inner.script.remove(i))
+                    .map(|(_, answer)| answer)
             }
             None => None,
         }
     };
     match scripted {
-        Some(Scripted::Respond { status, headers, body }) => {
-            let mut response = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
+        Some(Scripted::Respond {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut response =
+                (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
             for (name, value) in headers {
-                if let (Ok(name), Ok(value)) =
-                    (header::HeaderName::from_bytes(name.as_bytes()), header::HeaderValue::from_str(&value))
-                {
+                if let (Ok(name), Ok(value)) = (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    header::HeaderValue::from_str(&value),
+                ) {
                     response.headers_mut().append(name, value);
                 }
             }
@@ -213,7 +288,11 @@ async fn record_and_script(State(standin): State<Standin>, request: Request, nex
 const SOURCES: [&str; 11] = crate::config::KIZEN_SOURCES;
 
 fn bad_request(detail: Value) -> Response {
-    (StatusCode::BAD_REQUEST, axum::Json(json!({ "detail": detail }))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "detail": detail })),
+    )
+        .into_response()
 }
 
 async fn presign(State(standin): State<Standin>, headers: HeaderMap, request: Request) -> Response {
@@ -221,7 +300,9 @@ async fn presign(State(standin): State<Standin>, headers: HeaderMap, request: Re
         return refused;
     }
     let query: HashMap<String, String> =
-        form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+        form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let mut problems = serde_json::Map::new();
     for field in ["contenttype", "filename", "source"] {
         if query.get(field).is_none_or(String::is_empty) {
@@ -232,7 +313,10 @@ async fn presign(State(standin): State<Standin>, headers: HeaderMap, request: Re
         && !source.is_empty()
         && !SOURCES.contains(&source.as_str())
     {
-        problems.insert("source".into(), json!(format!("\"{source}\" is not a valid choice.")));
+        problems.insert(
+            "source".into(),
+            json!(format!("\"{source}\" is not a valid choice.")),
+        );
     }
     if !problems.is_empty() {
         return bad_request(Value::Object(problems));
@@ -243,7 +327,9 @@ async fn presign(State(standin): State<Standin>, headers: HeaderMap, request: Re
     let key = format!("uploads/{}/{id}/{filename}", standin.config.business_id);
     let signature = Uuid::new_v4().simple().to_string();
     let now = OffsetDateTime::now_utc();
-    let expires_at = (now + Duration::from_secs(300)).format(&Rfc3339).expect("formattable");
+    let expires_at = (now + Duration::from_secs(300))
+        .format(&Rfc3339)
+        .expect("formattable");
     let amz_date = format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
         now.year(),
@@ -268,7 +354,15 @@ async fn presign(State(standin): State<Standin>, headers: HeaderMap, request: Re
         "max_file_size": standin.config.max_file_size,
         "expires_at": expires_at,
     });
-    standin.lock().issued.insert(id, Issued { key, signature, content_type, uploaded: None });
+    standin.lock().issued.insert(
+        id,
+        Issued {
+            key,
+            signature,
+            content_type,
+            uploaded: None,
+        },
+    );
     axum::Json(body).into_response()
 }
 
@@ -287,7 +381,8 @@ async fn upload(State(standin): State<Standin>, mut multipart: Multipart) -> Res
                     file = Some(data);
                 } else {
                     if file.is_some() {
-                        return (StatusCode::BAD_REQUEST, "the file must be the last field").into_response();
+                        return (StatusCode::BAD_REQUEST, "the file must be the last field")
+                            .into_response();
                     }
                     fields.insert(name, String::from_utf8_lossy(&data).into_owned());
                 }
@@ -303,13 +398,21 @@ async fn upload(State(standin): State<Standin>, mut multipart: Multipart) -> Res
         return (StatusCode::BAD_REQUEST, "EntityTooLarge").into_response();
     }
     let mut inner = standin.lock();
-    let Some(issued) = inner.issued.values_mut().find(|i| fields.get("key") == Some(&i.key)) else {
+    let Some(issued) = inner
+        .issued
+        .values_mut()
+        .find(|i| fields.get("key") == Some(&i.key))
+    else {
         return (StatusCode::FORBIDDEN, "AccessDenied: unknown key").into_response();
     };
     if fields.get("x-amz-signature") != Some(&issued.signature)
         || fields.get("Content-Type") != Some(&issued.content_type)
     {
-        return (StatusCode::FORBIDDEN, "AccessDenied: policy fields do not match").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "AccessDenied: policy fields do not match",
+        )
+            .into_response();
     }
     issued.uploaded = Some(file.len());
     let etag = format!("\"{}\"", Uuid::new_v4().simple());
@@ -327,7 +430,10 @@ async fn success(State(standin): State<Standin>, headers: HeaderMap, body: Bytes
             problems.insert(field.into(), json!("This field is required."));
         }
     }
-    if form.get("business_id").is_some_and(|b| *b != standin.config.business_id) {
+    if form
+        .get("business_id")
+        .is_some_and(|b| *b != standin.config.business_id)
+    {
         problems.insert("business_id".into(), json!("Invalid business."));
     }
     if !problems.is_empty() {
@@ -339,7 +445,11 @@ async fn success(State(standin): State<Standin>, headers: HeaderMap, body: Bytes
     };
     let inner = standin.lock();
     let Some(issued) = inner.issued.get(&id) else {
-        return (StatusCode::NOT_FOUND, axum::Json(json!({"detail": "Not found."}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"detail": "Not found."})),
+        )
+            .into_response();
     };
     if issued.key != form["key"] {
         return bad_request(json!({"key": "Does not match the S3 object."}));

@@ -27,8 +27,12 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Upstream response headers a client may see. Everything else (hop-by-hop, cookies, `Location`,
 /// anything that could name a secret) is dropped.
-const RESPONSE_HEADER_ALLOWLIST: [HeaderName; 4] =
-    [header::CONTENT_TYPE, header::CACHE_CONTROL, header::CONTENT_LANGUAGE, header::EXPIRES];
+const RESPONSE_HEADER_ALLOWLIST: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::CACHE_CONTROL,
+    header::CONTENT_LANGUAGE,
+    header::EXPIRES,
+];
 
 /// rustls needs one process-wide crypto provider; ring keeps the build free of C toolchains.
 pub fn install_crypto_provider() {
@@ -48,7 +52,9 @@ pub struct UpstreamAnswer {
 
 impl UpstreamAnswer {
     pub fn content_type(&self) -> Option<&str> {
-        self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
     }
 }
 
@@ -66,7 +72,9 @@ pub struct UpstreamClient {
 
 impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamClient").field("presign_url", &self.presign_url.as_str()).finish_non_exhaustive()
+        f.debug_struct("UpstreamClient")
+            .field("presign_url", &self.presign_url.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -75,7 +83,9 @@ impl UpstreamClient {
     pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
         install_crypto_provider();
         let base = config.base_url.trim_end_matches('/');
-        let url = |path: &str| Url::parse(&format!("{base}{path}")).map_err(|e| format!("upstream.base_url: {e}"));
+        let url = |path: &str| {
+            Url::parse(&format!("{base}{path}")).map_err(|e| format!("upstream.base_url: {e}"))
+        };
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -88,14 +98,25 @@ impl UpstreamClient {
             .map_err(|e| format!("upstream: cannot build HTTP client: {e}"))?;
         let user_id = match &config.user_id_claim {
             Some(_) => None,
-            None => Some(config.user_id.load_header_value().map_err(|e| format!("upstream.user_id: {e}"))?),
+            None => Some(
+                config
+                    .user_id
+                    .load_header_value()
+                    .map_err(|e| format!("upstream.user_id: {e}"))?,
+            ),
         };
         Ok(Self {
             client,
             presign_url: url(PRESIGN_PATH)?,
             success_url: url(SUCCESS_PATH)?,
-            api_key: config.api_key.load_header_value().map_err(|e| format!("upstream.api_key: {e}"))?,
-            business_id: config.business_id.load_header_value().map_err(|e| format!("upstream.business_id: {e}"))?,
+            api_key: config
+                .api_key
+                .load_header_value()
+                .map_err(|e| format!("upstream.api_key: {e}"))?,
+            business_id: config
+                .business_id
+                .load_header_value()
+                .map_err(|e| format!("upstream.business_id: {e}"))?,
             user_id,
             forward_headers: config
                 .forward_headers
@@ -118,7 +139,10 @@ impl UpstreamClient {
             .append_pair("contenttype", &input.contenttype)
             .append_pair("filename", &input.filename)
             .append_pair("source", &input.source);
-        let request = self.client.get(url).headers(self.headers(user, client_headers, request_id)?);
+        let request =
+            self.client
+                .get(url)
+                .headers(self.headers(user, client_headers, request_id)?);
         self.send("presign", request).await
     }
 
@@ -142,12 +166,20 @@ impl UpstreamClient {
             .append_pair("business_id", self.business_id.expose())
             .finish();
         let mut headers = self.headers(user, client_headers, request_id)?;
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
         let request = self.client.post(url).headers(headers).body(body);
         self.send("confirm", request).await
     }
 
-    fn headers(&self, user: &AuthenticatedUser, client: &HeaderMap, request_id: &str) -> Result<HeaderMap, GatewayError> {
+    fn headers(
+        &self,
+        user: &AuthenticatedUser,
+        client: &HeaderMap,
+        request_id: &str,
+    ) -> Result<HeaderMap, GatewayError> {
         let mut headers = HeaderMap::with_capacity(8);
         // Headers the client named in `Connection` are hop-by-hop: never passed on.
         let hop_by_hop: Vec<String> = client
@@ -170,11 +202,15 @@ impl UpstreamClient {
             headers.insert(X_REQUEST_ID.clone(), value);
         }
         headers.insert(X_API_KEY.clone(), self.api_key.header_value().clone());
-        headers.insert(X_BUSINESS_ID.clone(), self.business_id.header_value().clone());
+        headers.insert(
+            X_BUSINESS_ID.clone(),
+            self.business_id.header_value().clone(),
+        );
         let user_id = match (&self.user_id, &user.upstream_user_id) {
             (Some(constant), _) => constant.header_value().clone(),
             (None, Some(from_claim)) => {
-                let mut value = HeaderValue::from_str(from_claim).map_err(|_| GatewayError::Internal)?;
+                let mut value =
+                    HeaderValue::from_str(from_claim).map_err(|_| GatewayError::Internal)?;
                 value.set_sensitive(true);
                 value
             }
@@ -184,24 +220,45 @@ impl UpstreamClient {
         Ok(headers)
     }
 
-    async fn send(&self, route: &'static str, request: reqwest::RequestBuilder) -> Result<UpstreamAnswer, GatewayError> {
+    async fn send(
+        &self,
+        route: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<UpstreamAnswer, GatewayError> {
         let started = std::time::Instant::now();
         let response = request.send().await.map_err(|e| {
-            let failure = if e.is_timeout() { UpstreamFailure::Timeout } else { UpstreamFailure::Unreachable };
+            let failure = if e.is_timeout() {
+                UpstreamFailure::Timeout
+            } else {
+                UpstreamFailure::Unreachable
+            };
             tracing::warn!(route, error = %e.without_url(), "upstream call failed");
             GatewayError::Upstream(failure)
         })?;
         let status = response.status();
         let headers = self.filter_headers(response.headers());
         let body = self.read_body(route, response).await?;
-        tracing::debug!(route, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "upstream answered");
+        tracing::debug!(
+            route,
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "upstream answered"
+        );
 
         if self.leaks_api_key(&body) {
-            tracing::error!(route, status = status.as_u16(), "upstream answer contained the API key; withheld");
+            tracing::error!(
+                route,
+                status = status.as_u16(),
+                "upstream answer contained the API key; withheld"
+            );
             return Err(GatewayError::Upstream(UpstreamFailure::BadResponse));
         }
         match status.as_u16() {
-            200..=299 => Ok(UpstreamAnswer { status, headers, body }),
+            200..=299 => Ok(UpstreamAnswer {
+                status,
+                headers,
+                body,
+            }),
             401 | 403 => {
                 tracing::error!(
                     route,
@@ -210,9 +267,17 @@ impl UpstreamClient {
                 );
                 Err(GatewayError::Upstream(UpstreamFailure::CredentialsRejected))
             }
-            400..=499 => Ok(UpstreamAnswer { status, headers, body }),
+            400..=499 => Ok(UpstreamAnswer {
+                status,
+                headers,
+                body,
+            }),
             300..=399 => {
-                tracing::error!(route, status = status.as_u16(), "upstream answered with a redirect; not followed");
+                tracing::error!(
+                    route,
+                    status = status.as_u16(),
+                    "upstream answered with a redirect; not followed"
+                );
                 Err(GatewayError::Upstream(UpstreamFailure::BadResponse))
             }
             500..=599 => {
@@ -223,12 +288,23 @@ impl UpstreamClient {
         }
     }
 
-    async fn read_body(&self, route: &'static str, mut response: reqwest::Response) -> Result<Bytes, GatewayError> {
+    async fn read_body(
+        &self,
+        route: &'static str,
+        mut response: reqwest::Response,
+    ) -> Result<Bytes, GatewayError> {
         let too_large = || {
-            tracing::warn!(route, limit = self.max_response_bytes, "upstream answer too large");
+            tracing::warn!(
+                route,
+                limit = self.max_response_bytes,
+                "upstream answer too large"
+            );
             GatewayError::Upstream(UpstreamFailure::BadResponse)
         };
-        if response.content_length().is_some_and(|len| len > self.max_response_bytes as u64) {
+        if response
+            .content_length()
+            .is_some_and(|len| len > self.max_response_bytes as u64)
+        {
             return Err(too_large());
         }
         let mut body = BytesMut::new();
@@ -242,7 +318,11 @@ impl UpstreamClient {
                 }
                 Ok(None) => return Ok(body.freeze()),
                 Err(e) => {
-                    let failure = if e.is_timeout() { UpstreamFailure::Timeout } else { UpstreamFailure::BadResponse };
+                    let failure = if e.is_timeout() {
+                        UpstreamFailure::Timeout
+                    } else {
+                        UpstreamFailure::BadResponse
+                    };
                     tracing::warn!(route, error = %e.without_url(), "reading the upstream answer failed");
                     return Err(GatewayError::Upstream(failure));
                 }
@@ -263,14 +343,19 @@ impl UpstreamClient {
     }
 
     fn secrets(&self) -> impl Iterator<Item = &str> {
-        [Some(&self.api_key), Some(&self.business_id), self.user_id.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(SecretHeaderValue::expose)
+        [
+            Some(&self.api_key),
+            Some(&self.business_id),
+            self.user_id.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(SecretHeaderValue::expose)
     }
 
     fn names_a_secret(&self, bytes: &[u8]) -> bool {
-        self.secrets().any(|secret| contains(bytes, secret.as_bytes()))
+        self.secrets()
+            .any(|secret| contains(bytes, secret.as_bytes()))
     }
 
     /// Bodies are scanned for the API key only: the ids may legitimately appear in Kizen's data
@@ -281,5 +366,8 @@ impl UpstreamClient {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|window| window == needle)
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
 }

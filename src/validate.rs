@@ -45,13 +45,21 @@ fn parse_fields<'a>(
                 if fields.insert(*known_name, value.into_owned()).is_some()
                     && !errors.iter().any(|e| e.field == *known_name)
                 {
-                    errors.push(FieldError::new(known_name, "duplicate", format!("{known_name} is given more than once")));
+                    errors.push(FieldError::new(
+                        known_name,
+                        "duplicate",
+                        format!("{known_name} is given more than once"),
+                    ));
                 }
             }
             None => {
                 let shown = display_name(&name);
                 if !errors.iter().any(|e| e.field == shown) {
-                    errors.push(FieldError::new(&shown, "unknown_field", format!("{shown} is not a parameter of this route")));
+                    errors.push(FieldError::new(
+                        &shown,
+                        "unknown_field",
+                        format!("{shown} is not a parameter of this route"),
+                    ));
                 }
             }
         }
@@ -61,15 +69,26 @@ fn parse_fields<'a>(
 
 /// A client-chosen parameter name, shortened and stripped of anything unprintable.
 fn display_name(name: &str) -> String {
-    name.chars().filter(|c| !c.is_control() && !is_bidi_control(*c)).take(64).collect()
+    name.chars()
+        .filter(|c| !c.is_control() && !is_bidi_control(*c))
+        .take(64)
+        .collect()
 }
 
-fn required<'f>(fields: &'f HashMap<&str, String>, name: &str, errors: &mut Vec<FieldError>) -> Option<&'f str> {
+fn required<'f>(
+    fields: &'f HashMap<&str, String>,
+    name: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<&'f str> {
     match fields.get(name) {
         Some(value) if !value.is_empty() => Some(value),
         _ => {
             if !errors.iter().any(|e| e.field == name) {
-                errors.push(FieldError::new(name, "required", format!("{name} is required")));
+                errors.push(FieldError::new(
+                    name,
+                    "required",
+                    format!("{name} is required"),
+                ));
             }
             None
         }
@@ -106,11 +125,15 @@ pub fn is_content_type_pattern(pattern: &str) -> bool {
 
 fn content_type_allowed(value: &str, allowed: &[String]) -> bool {
     allowed.is_empty()
-        || allowed.iter().any(|pattern| match pattern.strip_suffix("/*") {
-            Some("*") => true,
-            Some(kind) => value.split_once('/').is_some_and(|(k, _)| k.eq_ignore_ascii_case(kind)),
-            None => pattern.eq_ignore_ascii_case(value),
-        })
+        || allowed
+            .iter()
+            .any(|pattern| match pattern.strip_suffix("/*") {
+                Some("*") => true,
+                Some(kind) => value
+                    .split_once('/')
+                    .is_some_and(|(k, _)| k.eq_ignore_ascii_case(kind)),
+                None => pattern.eq_ignore_ascii_case(value),
+            })
 }
 
 /// Why a file name is refused, if it is.
@@ -130,37 +153,62 @@ fn file_name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
-pub fn presign(query: Option<&str>, config: &PresignConfig) -> Result<PresignInput, Vec<FieldError>> {
+pub fn presign(
+    query: Option<&str>,
+    config: &PresignConfig,
+) -> Result<PresignInput, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let fields = parse_fields(query.unwrap_or(""), &["contenttype", "filename", "source"], &mut errors);
+    let fields = parse_fields(
+        query.unwrap_or(""),
+        &["contenttype", "filename", "source"],
+        &mut errors,
+    );
 
     let contenttype = required(&fields, "contenttype", &mut errors);
     if let Some(value) = contenttype {
         if !is_content_type(value) {
-            errors.push(FieldError::new("contenttype", "invalid", "contenttype must look like type/subtype, e.g. image/png"));
+            errors.push(FieldError::new(
+                "contenttype",
+                "invalid",
+                "contenttype must look like type/subtype, e.g. image/png",
+            ));
         } else if !content_type_allowed(value, &config.allowed_content_types) {
             errors.push(FieldError::new(
                 "contenttype",
                 "not_allowed",
-                format!("contenttype must match one of: {}", config.allowed_content_types.join(", ")),
+                format!(
+                    "contenttype must match one of: {}",
+                    config.allowed_content_types.join(", ")
+                ),
             ));
         }
     }
 
     let filename = required(&fields, "filename", &mut errors);
     if let Some(problem) = filename.and_then(file_name_problem) {
-        errors.push(FieldError::new("filename", "invalid", format!("filename {problem}")));
+        errors.push(FieldError::new(
+            "filename",
+            "invalid",
+            format!("filename {problem}"),
+        ));
     }
 
     let source = required(&fields, "source", &mut errors);
     if let Some(value) = source {
         if !KIZEN_SOURCES.contains(&value) {
-            errors.push(FieldError::new("source", "invalid", format!("source must be one of: {}", KIZEN_SOURCES.join(", "))));
+            errors.push(FieldError::new(
+                "source",
+                "invalid",
+                format!("source must be one of: {}", KIZEN_SOURCES.join(", ")),
+            ));
         } else if !config.allowed_sources.iter().any(|s| s == value) {
             errors.push(FieldError::new(
                 "source",
                 "not_allowed",
-                format!("source must be one of: {}", config.allowed_sources.join(", ")),
+                format!(
+                    "source must be one of: {}",
+                    config.allowed_sources.join(", ")
+                ),
             ));
         }
     }
@@ -180,41 +228,65 @@ pub fn is_form_content_type(value: Option<&http::HeaderValue>) -> bool {
     value
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
 }
 
 pub fn confirm(body: &[u8]) -> Result<ConfirmInput, Vec<FieldError>> {
     let mut errors = Vec::new();
     let Ok(body) = std::str::from_utf8(body) else {
-        return Err(vec![FieldError::new("body", "invalid", "the body must be UTF-8 form data")]);
+        return Err(vec![FieldError::new(
+            "body",
+            "invalid",
+            "the body must be UTF-8 form data",
+        )]);
     };
-    let fields = parse_fields(body, &["uuid", "key", "name", "etag", "is_public", "business_id"], &mut errors);
+    let fields = parse_fields(
+        body,
+        &["uuid", "key", "name", "etag", "is_public", "business_id"],
+        &mut errors,
+    );
 
-    let uuid = required(&fields, "uuid", &mut errors).and_then(|value| match Uuid::try_parse(value) {
-        Ok(uuid) => Some(uuid),
-        Err(_) => {
-            errors.push(FieldError::new("uuid", "invalid", "uuid must be a UUID"));
-            None
-        }
-    });
+    let uuid =
+        required(&fields, "uuid", &mut errors).and_then(|value| match Uuid::try_parse(value) {
+            Ok(uuid) => Some(uuid),
+            Err(_) => {
+                errors.push(FieldError::new("uuid", "invalid", "uuid must be a UUID"));
+                None
+            }
+        });
 
     let key = required(&fields, "key", &mut errors);
     if let Some(key) = key
         && (key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control))
     {
-        errors.push(FieldError::new("key", "invalid", "key must be at most 1024 bytes without control characters"));
+        errors.push(FieldError::new(
+            "key",
+            "invalid",
+            "key must be at most 1024 bytes without control characters",
+        ));
     }
 
     let name = required(&fields, "name", &mut errors);
     if let Some(problem) = name.and_then(file_name_problem) {
-        errors.push(FieldError::new("name", "invalid", format!("name {problem}")));
+        errors.push(FieldError::new(
+            "name",
+            "invalid",
+            format!("name {problem}"),
+        ));
     }
 
     let etag = required(&fields, "etag", &mut errors);
     if let Some(etag) = etag
         && (etag.len() > MAX_ETAG_BYTES || !etag.bytes().all(|b| b.is_ascii_graphic()))
     {
-        errors.push(FieldError::new("etag", "invalid", "etag must be at most 256 visible ASCII characters"));
+        errors.push(FieldError::new(
+            "etag",
+            "invalid",
+            "etag must be at most 256 visible ASCII characters",
+        ));
     }
 
     let is_public = match fields.get("is_public").map(|v| v.to_ascii_lowercase()) {
@@ -222,7 +294,11 @@ pub fn confirm(body: &[u8]) -> Result<ConfirmInput, Vec<FieldError>> {
         Some(v) if v == "true" || v == "1" => true,
         Some(v) if v == "false" || v == "0" || v.is_empty() => false,
         Some(_) => {
-            errors.push(FieldError::new("is_public", "invalid", "is_public must be true or false"));
+            errors.push(FieldError::new(
+                "is_public",
+                "invalid",
+                "is_public must be true or false",
+            ));
             false
         }
     };
@@ -244,26 +320,40 @@ mod tests {
     use super::*;
 
     fn config() -> PresignConfig {
-        crate::config::Config::from_toml(crate::testing::MINIMAL_TOML).unwrap().presign
+        crate::config::Config::from_toml(crate::testing::MINIMAL_TOML)
+            .unwrap()
+            .presign
     }
 
     #[test]
     fn valid_presign_passes() {
-        let input = presign(Some("contenttype=image%2Fpng&filename=a%20b.png&source=field_value"), &config()).unwrap();
+        let input = presign(
+            Some("contenttype=image%2Fpng&filename=a%20b.png&source=field_value"),
+            &config(),
+        )
+        .unwrap();
         assert_eq!(input.filename, "a b.png");
         assert_eq!(input.contenttype, "image/png");
     }
 
     #[test]
     fn every_invalid_field_is_listed() {
-        let errors = presign(Some("contenttype=png&filename=..&source=nope"), &config()).unwrap_err();
+        let errors =
+            presign(Some("contenttype=png&filename=..&source=nope"), &config()).unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["contenttype", "filename", "source"]);
     }
 
     #[test]
     fn bidi_and_separators_are_refused() {
-        for bad in ["a%2Fb", "a%5Cb", "evil%E2%80%AEgnp.exe", "a%00b", "a%0Ab", "."] {
+        for bad in [
+            "a%2Fb",
+            "a%5Cb",
+            "evil%E2%80%AEgnp.exe",
+            "a%00b",
+            "a%0Ab",
+            ".",
+        ] {
             let query = format!("contenttype=image/png&filename={bad}&source=field_value");
             let errors = presign(Some(&query), &config()).unwrap_err();
             assert_eq!(errors[0].field, "filename", "{bad}");
@@ -281,8 +371,11 @@ mod tests {
 
     #[test]
     fn duplicates_and_unknown_fields() {
-        let errors = presign(Some("contenttype=a/b&contenttype=c/d&filename=x&source=field_value&x=1"), &config())
-            .unwrap_err();
+        let errors = presign(
+            Some("contenttype=a/b&contenttype=c/d&filename=x&source=field_value&x=1"),
+            &config(),
+        )
+        .unwrap_err();
         assert_eq!(errors[0].code, "duplicate");
         assert_eq!(errors[1].code, "unknown_field");
     }

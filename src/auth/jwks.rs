@@ -98,10 +98,16 @@ impl JwksCache {
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }
-        if response.content_length().is_some_and(|len| len > MAX_JWKS_BYTES as u64) {
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_JWKS_BYTES as u64)
+        {
             return Err("document too large".into());
         }
-        let body = response.bytes().await.map_err(|e| format!("reading body: {}", e.without_url()))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("reading body: {}", e.without_url()))?;
         if body.len() > MAX_JWKS_BYTES {
             return Err("document too large".into());
         }
@@ -109,7 +115,11 @@ impl JwksCache {
             serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut keys: Vec<VerificationKey> = Vec::with_capacity(document.keys.len());
         for raw in document.keys {
-            let kid = raw.get("kid").and_then(|k| k.as_str()).unwrap_or("").to_owned();
+            let kid = raw
+                .get("kid")
+                .and_then(|k| k.as_str())
+                .unwrap_or("")
+                .to_owned();
             let parsed = serde_json::from_value::<Jwk>(raw)
                 .map_err(|e| e.to_string())
                 .and_then(|jwk| key_from_jwk(&jwk, self.rsa_default, &self.rules));
@@ -125,7 +135,10 @@ impl JwksCache {
     }
 
     /// Refreshes every `interval` until the returned task is aborted.
-    pub fn spawn_refresh(self: &Arc<Self>, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_refresh(
+        self: &Arc<Self>,
+        interval: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let cache = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);

@@ -67,8 +67,18 @@ impl std::fmt::Debug for VerificationKey {
 }
 
 impl VerificationKey {
-    pub fn new(kid: Option<String>, algorithm: Algorithm, key: DecodingKey, rules: &ClaimRules) -> Self {
-        Self { kid, algorithm, key, validation: rules.validation(algorithm) }
+    pub fn new(
+        kid: Option<String>,
+        algorithm: Algorithm,
+        key: DecodingKey,
+        rules: &ClaimRules,
+    ) -> Self {
+        Self {
+            kid,
+            algorithm,
+            key,
+            validation: rules.validation(algorithm),
+        }
     }
 
     /// A key with a `kid` serves only tokens naming it; a key without one serves any token of its
@@ -91,14 +101,21 @@ pub struct KeySet {
 
 impl KeySet {
     pub fn new(keys: Vec<VerificationKey>) -> Self {
-        Self { keys: keys.into_iter().map(Arc::new).collect() }
+        Self {
+            keys: keys.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// Keys that may verify a token with this header, best first: an exact `kid` match before
     /// kid-less keys. The list is as long as the configured keys at most: verification work per
     /// token is bounded.
     pub fn candidates(&self, kid: Option<&str>, algorithm: Algorithm) -> Vec<Arc<VerificationKey>> {
-        let mut found: Vec<_> = self.keys.iter().filter(|k| k.serves(kid, algorithm)).cloned().collect();
+        let mut found: Vec<_> = self
+            .keys
+            .iter()
+            .filter(|k| k.serves(kid, algorithm))
+            .cloned()
+            .collect();
         found.sort_by_key(|k| k.kid.is_none());
         found
     }
@@ -140,8 +157,14 @@ pub fn check_static_key_config(key: &StaticKeyConfig) -> Result<(), String> {
     let hmac = algorithm.family() == AlgorithmFamily::Hmac;
     match (hmac, &key.secret, &key.public_key_file) {
         (true, Some(_), None) | (false, None, Some(_)) => Ok(()),
-        (true, _, _) => Err(format!("{} needs `secret` (and no public_key_file)", key.algorithm)),
-        (false, _, _) => Err(format!("{} needs `public_key_file` (and no secret)", key.algorithm)),
+        (true, _, _) => Err(format!(
+            "{} needs `secret` (and no public_key_file)",
+            key.algorithm
+        )),
+        (false, _, _) => Err(format!(
+            "{} needs `public_key_file` (and no secret)",
+            key.algorithm
+        )),
     }
 }
 
@@ -155,7 +178,10 @@ pub fn load_static_keys(auth: &AuthConfig, rules: &ClaimRules) -> Result<KeySet,
     Ok(KeySet::new(keys))
 }
 
-fn load_static_key(config: &StaticKeyConfig, rules: &ClaimRules) -> Result<VerificationKey, String> {
+fn load_static_key(
+    config: &StaticKeyConfig,
+    rules: &ClaimRules,
+) -> Result<VerificationKey, String> {
     check_static_key_config(config)?;
     let algorithm = parse_algorithm(&config.algorithm)?;
     let key = if let Some(secret) = &config.secret {
@@ -167,10 +193,16 @@ fn load_static_key(config: &StaticKeyConfig, rules: &ClaimRules) -> Result<Verif
         DecodingKey::from_secret(secret.expose_secret().as_bytes())
     } else {
         let path = config.public_key_file.as_ref().expect("checked above");
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         decoding_key_from_pem(algorithm, &pem).map_err(|e| format!("{}: {e}", path.display()))?
     };
-    Ok(VerificationKey::new(config.kid.clone(), algorithm, key, rules))
+    Ok(VerificationKey::new(
+        config.kid.clone(),
+        algorithm,
+        key,
+        rules,
+    ))
 }
 
 pub fn decoding_key_from_pem(algorithm: Algorithm, pem: &[u8]) -> Result<DecodingKey, String> {
@@ -189,7 +221,11 @@ pub fn decoding_key_from_pem(algorithm: Algorithm, pem: &[u8]) -> Result<Decodin
 
 /// Turns one JWK into a verification key with a pinned algorithm, or says why it is skipped.
 /// Symmetric (`oct`) keys are never taken from a URL.
-pub fn key_from_jwk(jwk: &Jwk, rsa_default: Algorithm, rules: &ClaimRules) -> Result<VerificationKey, String> {
+pub fn key_from_jwk(
+    jwk: &Jwk,
+    rsa_default: Algorithm,
+    rules: &ClaimRules,
+) -> Result<VerificationKey, String> {
     if let Some(usage) = &jwk.common.public_key_use
         && *usage != PublicKeyUse::Signature
     {
@@ -202,15 +238,21 @@ pub fn key_from_jwk(jwk: &Jwk, rsa_default: Algorithm, rules: &ClaimRules) -> Re
             EllipticCurve::P384 => Algorithm::ES384,
             _ => return Err("unsupported curve".into()),
         },
-        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => Algorithm::EdDSA,
-        AlgorithmParameters::OctetKey(_) => return Err("symmetric keys are not accepted from a JWKS".into()),
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        AlgorithmParameters::OctetKey(_) => {
+            return Err("symmetric keys are not accepted from a JWKS".into());
+        }
         _ => return Err("unsupported key type".into()),
     };
     let algorithm = match jwk.common.key_algorithm {
         None => by_shape,
         Some(declared) => {
             let algorithm = jwk_algorithm(declared).ok_or("unsupported `alg`")?;
-            if algorithm.family() != by_shape.family() || algorithm.family() == AlgorithmFamily::Hmac {
+            if algorithm.family() != by_shape.family()
+                || algorithm.family() == AlgorithmFamily::Hmac
+            {
                 return Err("`alg` does not fit the key type".into());
             }
             if algorithm.family() == AlgorithmFamily::Ec && algorithm != by_shape {
@@ -220,7 +262,12 @@ pub fn key_from_jwk(jwk: &Jwk, rsa_default: Algorithm, rules: &ClaimRules) -> Re
         }
     };
     let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
-    Ok(VerificationKey::new(jwk.common.key_id.clone(), algorithm, key, rules))
+    Ok(VerificationKey::new(
+        jwk.common.key_id.clone(),
+        algorithm,
+        key,
+        rules,
+    ))
 }
 
 fn jwk_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {

@@ -59,7 +59,9 @@ impl AuthFailure {
         match self {
             Self::Missing => "send the end user's token as `Authorization: Bearer <JWT>`",
             Self::Malformed => "the bearer token is not a well-formed JWT",
-            Self::Unsupported => "the token uses an algorithm or header this gateway does not accept",
+            Self::Unsupported => {
+                "the token uses an algorithm or header this gateway does not accept"
+            }
             Self::UnknownKey => "no configured key matches the token's `kid` and `alg`",
             Self::BadSignature => "the token's signature does not verify",
             Self::Expired => "the token has expired",
@@ -121,7 +123,10 @@ impl Verifier {
 
     /// First JWKS fetch and the background refresh. A failed first fetch is logged and retried by
     /// the refresh loop and by unknown-`kid` refetches; static keys keep working meanwhile.
-    pub async fn start(&self, refresh_interval: std::time::Duration) -> Option<tokio::task::JoinHandle<()>> {
+    pub async fn start(
+        &self,
+        refresh_interval: std::time::Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let jwks = self.jwks.as_ref()?;
         let _ = jwks.refresh().await;
         Some(jwks.spawn_refresh(refresh_interval))
@@ -144,7 +149,11 @@ impl Verifier {
         if header.crit.is_some() {
             return Err(AuthFailure::Unsupported);
         }
-        if header.typ.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("JWT") && !t.eq_ignore_ascii_case("at+jwt")) {
+        if header
+            .typ
+            .as_deref()
+            .is_some_and(|t| !t.eq_ignore_ascii_case("JWT") && !t.eq_ignore_ascii_case("at+jwt"))
+        {
             return Err(AuthFailure::Unsupported);
         }
         // Reading `exp` before any signature work turns away expired replays cheaply.
@@ -168,7 +177,11 @@ impl Verifier {
         Err(failure)
     }
 
-    async fn candidates(&self, kid: Option<&str>, algorithm: Algorithm) -> Vec<Arc<VerificationKey>> {
+    async fn candidates(
+        &self,
+        kid: Option<&str>,
+        algorithm: Algorithm,
+    ) -> Vec<Arc<VerificationKey>> {
         let mut found = self.static_keys.candidates(kid, algorithm);
         if let Some(jwks) = &self.jwks {
             let mut set = jwks.keys();
@@ -188,15 +201,21 @@ impl Verifier {
         struct Exp {
             exp: Option<Value>,
         }
-        let claims: Exp = jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| AuthFailure::Malformed)?;
+        let claims: Exp = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| AuthFailure::Malformed)?;
         match claims.exp.as_ref().and_then(Value::as_f64) {
             None => Err(AuthFailure::MissingClaim),
-            Some(exp) if exp + (self.leeway_secs as f64) < seconds_since_epoch() as f64 => Err(AuthFailure::Expired),
+            Some(exp) if exp + (self.leeway_secs as f64) < seconds_since_epoch() as f64 => {
+                Err(AuthFailure::Expired)
+            }
             Some(_) => Ok(()),
         }
     }
 
-    fn user_from_claims(&self, claims: &Map<String, Value>) -> Result<AuthenticatedUser, AuthFailure> {
+    fn user_from_claims(
+        &self,
+        claims: &Map<String, Value>,
+    ) -> Result<AuthenticatedUser, AuthFailure> {
         // jsonwebtoken accepts an array `iss`; a token names exactly one issuer.
         if self.issuers_configured && !matches!(claims.get("iss"), Some(Value::String(_))) {
             return Err(AuthFailure::WrongIssuer);
@@ -219,7 +238,10 @@ impl Verifier {
             }
             None => None,
         };
-        Ok(AuthenticatedUser { id, upstream_user_id })
+        Ok(AuthenticatedUser {
+            id,
+            upstream_user_id,
+        })
     }
 }
 
@@ -234,7 +256,11 @@ fn check_shape(token: &str) -> Result<(), AuthFailure> {
     let mut segments = 0;
     for segment in token.split('.') {
         segments += 1;
-        if segment.is_empty() || !segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if segment.is_empty()
+            || !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(AuthFailure::Malformed);
         }
     }
@@ -264,7 +290,10 @@ fn verify_with(token: &str, key: &VerificationKey) -> Result<Map<String, Value>,
 impl FromRequestParts<AppState> for AuthenticatedUser {
     type Rejection = GatewayError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let mut values = parts.headers.get_all(http::header::AUTHORIZATION).iter();
         let value = values.next().ok_or(AuthFailure::Missing)?;
         if values.next().is_some() {

@@ -37,7 +37,16 @@ pub async fn confirm(
     let input = validate::confirm(&body).map_err(GatewayError::InvalidInput)?;
 
     let now = state.clock.now();
-    let claim = state.store.claim(&user.id, input.uuid, &input.key, now, state.config.confirm.claim_lease).await?;
+    let claim = state
+        .store
+        .claim(
+            &user.id,
+            input.uuid,
+            &input.key,
+            now,
+            state.config.confirm.claim_lease,
+        )
+        .await?;
     let (lease, upload) = match claim {
         ClaimOutcome::Claimed { lease, upload } => (lease, upload),
         ClaimOutcome::AlreadyConfirmed(Some(stored)) => return Ok(replay(stored)),
@@ -59,7 +68,10 @@ pub async fn confirm(
     // The forward and the settling of the claim run in a task of their own: a client that hangs
     // up must not cancel them halfway and leave the upload claimed until its lease runs out.
     let task = tokio::spawn(async move {
-        let forwarded = state.upstream.confirm(&input, &upload, is_public, &user, &headers, &request_id.0).await;
+        let forwarded = state
+            .upstream
+            .confirm(&input, &upload, is_public, &user, &headers, &request_id.0)
+            .await;
         match forwarded {
             Ok(answer) if answer.status.is_success() => {
                 let stored = StoredResponse {
@@ -92,7 +104,11 @@ pub async fn confirm(
     task.await.map_err(|_| GatewayError::Internal)?
 }
 
-async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
+async fn read_limited(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -100,14 +116,19 @@ async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<B
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| GatewayError::PayloadTooLarge { limit })
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| GatewayError::PayloadTooLarge { limit })
 }
 
 fn replay(stored: StoredResponse) -> Response {
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
     let mut response = (status, stored.body).into_response();
     let headers = response.headers_mut();
-    if let Some(content_type) = stored.content_type.and_then(|v| HeaderValue::from_str(&v).ok()) {
+    if let Some(content_type) = stored
+        .content_type
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
         headers.insert(header::CONTENT_TYPE, content_type);
     }
     headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));

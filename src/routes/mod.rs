@@ -13,10 +13,17 @@ use crate::{observability::Outcome, upstream::UpstreamAnswer};
 
 /// The client's view of an upstream answer: its status, body and allowlisted headers.
 fn upstream_response(answer: crate::upstream::UpstreamAnswer, outcome: &'static str) -> Response {
-    let UpstreamAnswer { status, headers, body } = answer;
+    let UpstreamAnswer {
+        status,
+        headers,
+        body,
+    } = answer;
     let mut response = (status, body).into_response();
     response.headers_mut().extend(headers);
-    response.headers_mut().entry(header::CACHE_CONTROL).or_insert(header::HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(header::HeaderValue::from_static("no-store"));
     response.extensions_mut().insert(Outcome(outcome));
     response
 }

@@ -28,16 +28,22 @@ pub async fn presign(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
-    let input = validate::presign(uri.query(), &state.config.presign).map_err(GatewayError::InvalidInput)?;
+    let input = validate::presign(uri.query(), &state.config.presign)
+        .map_err(GatewayError::InvalidInput)?;
 
     let budget = state.presign_limiter.check(&user.id)?;
     let now = state.clock.now();
     let max_outstanding = state.config.presign.max_outstanding_per_user;
     if state.store.outstanding(&user.id, now).await? >= max_outstanding {
-        return Err(GatewayError::TooManyOutstandingUploads { limit: max_outstanding });
+        return Err(GatewayError::TooManyOutstandingUploads {
+            limit: max_outstanding,
+        });
     }
 
-    let answer = state.upstream.presign(&input, &user, &headers, &request_id.0).await?;
+    let answer = state
+        .upstream
+        .presign(&input, &user, &headers, &request_id.0)
+        .await?;
     if !answer.status.is_success() {
         // A 4xx describes the client's input: pass it through, nothing recorded.
         let mut response = upstream_response(answer, "upstream_rejected_input");
@@ -54,7 +60,10 @@ pub async fn presign(
         issued_at: now,
         window_end: state.confirmation_window_end(now, issued.expires_at),
     };
-    state.store.record(upload.clone(), max_outstanding, now).await?;
+    state
+        .store
+        .record(upload.clone(), max_outstanding, now)
+        .await?;
     audit::issued(&upload, &request_id.0);
 
     let mut response = upstream_response(answer, "issued");
@@ -87,12 +96,20 @@ impl PresignAnswer {
             GatewayError::Upstream(UpstreamFailure::BadResponse)
         };
         let raw: Raw = serde_json::from_slice(body).map_err(|_| bad("not the expected JSON"))?;
-        let s3object_id = Uuid::try_parse(&raw.s3object_id).map_err(|_| bad("s3object_id is not a UUID"))?;
+        let s3object_id =
+            Uuid::try_parse(&raw.s3object_id).map_err(|_| bad("s3object_id is not a UUID"))?;
         if raw.fields.key.is_empty() {
             return Err(bad("fields.key is empty"));
         }
-        let expires_at = OffsetDateTime::parse(&raw.expires_at, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| bad("expires_at is not an RFC 3339 date-time"))?;
-        Ok(Self { s3object_id, key: raw.fields.key, expires_at })
+        let expires_at = OffsetDateTime::parse(
+            &raw.expires_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|_| bad("expires_at is not an RFC 3339 date-time"))?;
+        Ok(Self {
+            s3object_id,
+            key: raw.fields.key,
+            expires_at,
+        })
     }
 }

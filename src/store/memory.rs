@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    ClaimOutcome, IssuedUpload, Lease, MAX_STORED_RESPONSE_BYTES, StoreError, StoreLimits, StoredResponse,
-    UploadStore,
+    ClaimOutcome, IssuedUpload, Lease, MAX_STORED_RESPONSE_BYTES, StoreError, StoreLimits,
+    StoredResponse, UploadStore,
 };
 
 #[derive(Debug)]
@@ -47,7 +47,11 @@ impl Inner {
     fn outstanding(&self, user: &str, now: OffsetDateTime) -> usize {
         self.by_user
             .get(user)
-            .map(|ids| ids.iter().filter(|id| self.entries.get(id).is_some_and(|e| e.is_outstanding(now))).count())
+            .map(|ids| {
+                ids.iter()
+                    .filter(|id| self.entries.get(id).is_some_and(|e| e.is_outstanding(now)))
+                    .count()
+            })
             .unwrap_or(0)
     }
 
@@ -82,19 +86,26 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(limits: StoreLimits) -> Self {
-        Self { inner: Mutex::new(Inner::default()), limits }
+        Self {
+            inner: Mutex::new(Inner::default()),
+            limits,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent data (every mutation is a few
         // infallible map operations), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 fn add(at: OffsetDateTime, duration: Duration) -> OffsetDateTime {
     at.checked_add(time::Duration::try_from(duration).unwrap_or(time::Duration::MAX))
-        .unwrap_or(OffsetDateTime::from_unix_timestamp(253_402_300_799).expect("year 9999 is valid"))
+        .unwrap_or(
+            OffsetDateTime::from_unix_timestamp(253_402_300_799).expect("year 9999 is valid"),
+        )
 }
 
 #[async_trait]
@@ -103,10 +114,17 @@ impl UploadStore for MemoryStore {
         Ok(self.lock().outstanding(user, now))
     }
 
-    async fn record(&self, upload: IssuedUpload, max_outstanding: usize, now: OffsetDateTime) -> Result<(), StoreError> {
+    async fn record(
+        &self,
+        upload: IssuedUpload,
+        max_outstanding: usize,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner.outstanding(&upload.user, now) >= max_outstanding {
-            return Err(StoreError::UserCapReached { limit: max_outstanding });
+            return Err(StoreError::UserCapReached {
+                limit: max_outstanding,
+            });
         }
         if inner.entries.len() >= self.limits.max_uploads {
             // Forgetting what is past its memory is always allowed; live uploads are never evicted.
@@ -121,9 +139,20 @@ impl UploadStore for MemoryStore {
             return Err(StoreError::Unavailable);
         }
         let forget_at = add(upload.window_end, self.limits.remember_expired);
-        inner.by_user.entry(upload.user.clone()).or_default().insert(id);
+        inner
+            .by_user
+            .entry(upload.user.clone())
+            .or_default()
+            .insert(id);
         inner.by_forget_at.insert((forget_at, id));
-        inner.entries.insert(id, Entry { upload, state: State::Issued, forget_at });
+        inner.entries.insert(
+            id,
+            Entry {
+                upload,
+                state: State::Issued,
+                forget_at,
+            },
+        );
         Ok(())
     }
 
@@ -145,10 +174,18 @@ impl UploadStore for MemoryStore {
         let key_matches = entry.upload.key == key;
         match &entry.state {
             State::Consumed(stored) => {
-                return Ok(ClaimOutcome::AlreadyConfirmed(if key_matches { stored.clone() } else { None }));
+                return Ok(ClaimOutcome::AlreadyConfirmed(if key_matches {
+                    stored.clone()
+                } else {
+                    None
+                }));
             }
             State::Claimed { until, .. } if now < *until => {
-                return Ok(if key_matches { ClaimOutcome::InFlight } else { ClaimOutcome::KeyMismatch });
+                return Ok(if key_matches {
+                    ClaimOutcome::InFlight
+                } else {
+                    ClaimOutcome::KeyMismatch
+                });
             }
             _ => {}
         }
@@ -159,8 +196,14 @@ impl UploadStore for MemoryStore {
             return Ok(ClaimOutcome::Expired);
         }
         let lease = Lease(Uuid::new_v4());
-        entry.state = State::Claimed { lease, until: add(now, lease_for) };
-        Ok(ClaimOutcome::Claimed { lease, upload: entry.upload.clone() })
+        entry.state = State::Claimed {
+            lease,
+            until: add(now, lease_for),
+        };
+        Ok(ClaimOutcome::Claimed {
+            lease,
+            upload: entry.upload.clone(),
+        })
     }
 
     async fn release(&self, id: Uuid, lease: Lease) -> Result<(), StoreError> {
@@ -173,7 +216,12 @@ impl UploadStore for MemoryStore {
         Ok(())
     }
 
-    async fn consume(&self, id: Uuid, lease: Lease, response: StoredResponse) -> Result<(), StoreError> {
+    async fn consume(
+        &self,
+        id: Uuid,
+        lease: Lease,
+        response: StoredResponse,
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if let Some(entry) = inner.entries.get_mut(&id)
             && matches!(entry.state, State::Claimed { lease: held, .. } if held == lease)

@@ -43,7 +43,10 @@ pub struct Lease(pub Uuid);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// This caller now holds the upload; it must `consume` or `release` it.
-    Claimed { lease: Lease, upload: IssuedUpload },
+    Claimed {
+        lease: Lease,
+        upload: IssuedUpload,
+    },
     /// Unknown uuid, or issued to another user: the same answer, so there is no oracle.
     NotFound,
     KeyMismatch,
@@ -83,7 +86,12 @@ pub trait UploadStore: Send + Sync + 'static {
 
     /// Records an issued upload, unless the user already holds `max_outstanding` open uploads
     /// or the store is full. Never evicts a live upload to make room.
-    async fn record(&self, upload: IssuedUpload, max_outstanding: usize, now: OffsetDateTime) -> Result<(), StoreError>;
+    async fn record(
+        &self,
+        upload: IssuedUpload,
+        max_outstanding: usize,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
 
     /// Atomically checks that `user` may confirm `id` with `key` now, and if so takes a lease.
     async fn claim(
@@ -99,7 +107,12 @@ pub trait UploadStore: Send + Sync + 'static {
     async fn release(&self, id: Uuid, lease: Lease) -> Result<(), StoreError>;
 
     /// Marks a claimed upload confirmed for good, keeping the answer for repeats.
-    async fn consume(&self, id: Uuid, lease: Lease, response: StoredResponse) -> Result<(), StoreError>;
+    async fn consume(
+        &self,
+        id: Uuid,
+        lease: Lease,
+        response: StoredResponse,
+    ) -> Result<(), StoreError>;
 
     /// Forgets entries past their memory; returns how many expired uploads were never confirmed.
     async fn purge(&self, now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError>;

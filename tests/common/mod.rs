@@ -1,0 +1,409 @@
+//! The test harness: a gateway on port 0 in front of the stand-in Kizen (also on port 0), a
+//! builder with knobs, token signing, and assertion helpers.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use kizen_gateway::{
+    App, Config,
+    clock::ManualClock,
+    standin::{RecordedRequest, Standin, StandinConfig},
+    store::{MemoryStore, StoreLimits, UploadStore},
+};
+use serde_json::{Value, json};
+use tokio::{
+    io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener, sync::oneshot, task::JoinHandle,
+};
+
+pub const API_KEY: &str = "test-api-key-9f2c4e7a1b3d5f60c8e1";
+pub const BUSINESS_ID: &str = "test-business-7d41c2";
+pub const KIZEN_USER_ID: &str = "test-kizen-user-5e2a90";
+pub const HS256_SECRET: &str = "test-hs256-secret-0123456789abcdef0123456789";
+pub const PRESIGN: &str = "/api/s3/presigned-post";
+pub const SUCCESS: &str = "/api/s3/success";
+pub const DEFAULT_QUERY: &str = "contenttype=image%2Fpng&filename=photo.png&source=field_value";
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/keys")
+        .join(name)
+}
+
+pub fn now() -> u64 {
+    kizen_gateway::observability::seconds_since_epoch()
+}
+
+/// The static keys every test gateway trusts, one per algorithm family.
+pub fn keys_toml() -> String {
+    format!(
+        r#"
+[[auth.keys]]
+algorithm = "HS256"
+secret = "value:{HS256_SECRET}"
+
+[[auth.keys]]
+algorithm = "RS256"
+public_key_file = "{rsa}"
+
+[[auth.keys]]
+kid = "ps-key"
+algorithm = "PS256"
+public_key_file = "{rsa2}"
+
+[[auth.keys]]
+algorithm = "ES256"
+public_key_file = "{ec256}"
+
+[[auth.keys]]
+algorithm = "ES384"
+public_key_file = "{ec384}"
+
+[[auth.keys]]
+algorithm = "EdDSA"
+public_key_file = "{ed}"
+"#,
+        rsa = fixture("rsa-public.pem").display(),
+        rsa2 = fixture("rsa2-public.pem").display(),
+        ec256 = fixture("ec256-public.pem").display(),
+        ec384 = fixture("ec384-public.pem").display(),
+        ed = fixture("ed25519-public.pem").display(),
+    )
+}
+
+pub struct TestGatewayBuilder {
+    layers: Vec<String>,
+    clock: ManualClock,
+    store: Option<Arc<dyn UploadStore>>,
+    keys: bool,
+}
+
+impl Default for TestGatewayBuilder {
+    fn default() -> Self {
+        Self {
+            layers: Vec::new(),
+            clock: ManualClock::default(),
+            store: None,
+            keys: true,
+        }
+    }
+}
+
+impl TestGatewayBuilder {
+    /// A TOML layer applied over the harness defaults (later layers win).
+    pub fn with_config(mut self, toml: &str) -> Self {
+        self.layers.push(toml.to_owned());
+        self
+    }
+
+    pub fn with_rate_limit(self, burst: u32, period: &str) -> Self {
+        self.with_config(&format!(
+            "[presign]\nrate_limit_burst = {burst}\nrate_limit_period = \"{period}\"\n"
+        ))
+    }
+
+    pub fn with_store(mut self, store: Arc<dyn UploadStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Drop the harness's static keys (for JWKS-only gateways).
+    pub fn without_static_keys(mut self) -> Self {
+        self.keys = false;
+        self
+    }
+
+    pub async fn start(self) -> TestGateway {
+        let standin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let standin_url = format!("http://{}", standin_listener.local_addr().unwrap());
+        let standin = Standin::new(StandinConfig {
+            api_key: API_KEY.into(),
+            business_id: BUSINESS_ID.into(),
+            user_id: None,
+            public_base: standin_url.clone(),
+            max_file_size: 1024 * 1024,
+        });
+        let router = standin.router();
+        tokio::spawn(async move { axum::serve(standin_listener, router).await });
+
+        let base = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[upstream]
+base_url = "{standin_url}"
+api_key = "value:{API_KEY}"
+business_id = "value:{BUSINESS_ID}"
+user_id = "value:{KIZEN_USER_ID}"
+request_timeout = "5s"
+[presign]
+rate_limit_burst = 1000
+"#
+        );
+        let keys = if self.keys {
+            keys_toml()
+        } else {
+            String::new()
+        };
+        let mut layers: Vec<&str> = vec![&base, &keys];
+        layers.extend(self.layers.iter().map(String::as_str));
+        let config = Config::from_toml_layers(&layers).expect("test config is valid");
+        let store = self.store.unwrap_or_else(|| {
+            Arc::new(MemoryStore::new(StoreLimits {
+                max_uploads: config.store.max_uploads,
+                remember_expired: config.confirm.remember_expired,
+            }))
+        });
+        let app = App::with_parts(config, store, Arc::new(self.clock.clone())).expect("app builds");
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(kizen_gateway::run(listener, app, async {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            url: format!("http://{addr}"),
+            addr,
+            standin,
+            standin_url,
+            clock: self.clock,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            stop: Some(stop),
+            handle,
+        }
+    }
+}
+
+pub struct TestGateway {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub standin: Standin,
+    pub standin_url: String,
+    pub clock: ManualClock,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<std::io::Result<()>>,
+}
+
+/// An upload the gateway issued, as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub s3object_id: String,
+    pub key: String,
+    pub body: Value,
+}
+
+impl TestGateway {
+    pub fn builder() -> TestGatewayBuilder {
+        TestGatewayBuilder::default()
+    }
+
+    pub async fn start() -> TestGateway {
+        Self::builder().start().await
+    }
+
+    /// A valid HS256 token for `sub`, one hour left.
+    pub fn token(&self, sub: &str) -> String {
+        hs256(&json!({ "sub": sub, "iat": now(), "exp": now() + 3600 }))
+    }
+
+    pub async fn presign_query(&self, token: &str, query: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{PRESIGN}?{query}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn presign(&self, token: &str) -> reqwest::Response {
+        self.presign_query(token, DEFAULT_QUERY).await
+    }
+
+    /// Presigns with the default query and asserts that it was issued.
+    pub async fn issue(&self, token: &str) -> Issued {
+        let response = self.presign(token).await;
+        assert_eq!(response.status(), 200, "presign failed");
+        let body: Value = response.json().await.unwrap();
+        Issued {
+            s3object_id: body["s3object_id"].as_str().unwrap().to_owned(),
+            key: body["fields"]["key"].as_str().unwrap().to_owned(),
+            body,
+        }
+    }
+
+    pub async fn confirm_form(&self, token: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        self.client
+            .post(format!("{}{SUCCESS}", self.url))
+            .bearer_auth(token)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn confirm(&self, token: &str, issued: &Issued) -> reqwest::Response {
+        self.confirm_form(
+            token,
+            &[
+                ("uuid", &issued.s3object_id),
+                ("key", &issued.key),
+                ("name", "photo.png"),
+                ("etag", "\"abc123\""),
+            ],
+        )
+        .await
+    }
+
+    /// Requests the stand-in received on `path`.
+    pub fn forwarded(&self, path: &str) -> Vec<RecordedRequest> {
+        self.standin.requests_to(path)
+    }
+
+    /// Stops accepting, drains, and returns what `run` returned.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.handle).await.expect("gateway task")
+    }
+
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn join(self) -> std::io::Result<()> {
+        self.handle.await.expect("gateway task")
+    }
+}
+
+/// Signs `claims` with the harness's HS256 secret.
+pub fn hs256(claims: &Value) -> String {
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(HS256_SECRET.as_bytes()),
+        None,
+        claims,
+    )
+}
+
+pub fn sign(algorithm: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(algorithm);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+pub fn private_key(algorithm: Algorithm, file: &str) -> EncodingKey {
+    let pem = std::fs::read(fixture(file)).unwrap();
+    match algorithm {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem).unwrap(),
+        _ => panic!("not an asymmetric algorithm"),
+    }
+}
+
+/// Builds a token from raw JSON header and claims, signed with HMAC-SHA256 over `secret` (or
+/// with an empty signature when `secret` is None): for headers jsonwebtoken refuses to write.
+pub fn raw_token(header: &Value, claims: &Value, secret: Option<&[u8]>) -> String {
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap()),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
+    );
+    match secret {
+        Some(secret) => {
+            let signature = jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &EncodingKey::from_secret(secret),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            format!("{message}.{signature}")
+        }
+        None => format!("{message}."),
+    }
+}
+
+/// Asserts an RFC 9457 problem with this status and code; returns the body.
+pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json"),
+        "content type"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "problem code in {body}");
+    assert_eq!(body["status"], status);
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "a human detail"
+    );
+    body
+}
+
+/// Sends raw bytes on a new connection and returns everything the server wrote until it closed
+/// the connection (or went quiet for a second after answering).
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                // One answer is all we ask for: stop at the end of its body.
+                if response_complete(&out) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn response_complete(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let head = text[..head_end].to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    bytes.len() >= head_end + 4 + length
+}
+
+/// The status code of a raw HTTP answer.
+pub fn raw_status(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
