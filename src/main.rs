@@ -86,7 +86,8 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot bind {addr}: {e}"))?;
-    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "kizen-gateway listening");
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(addr = %bound, version = env!("CARGO_PKG_VERSION"), "kizen-gateway listening");
     kizen_gateway::run(listener, app, kizen_gateway::shutdown_signal())
         .await
         .map_err(|e| e.to_string())

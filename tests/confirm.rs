@@ -3,7 +3,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
+use kizen_gateway::standin::{Endpoint, Scripted};
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn presign_then_confirm_forwards_once_with_server_held_business_id() {
@@ -20,11 +24,13 @@ async fn presign_then_confirm_forwards_once_with_server_held_business_id() {
                 ("name", "photo.png"),
                 ("etag", "\"abc\""),
                 ("business_id", "someone-elses-business"),
+                ("is_public", "true"),
             ],
         )
         .await;
     assert_eq!(response.status(), 200);
-    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(response.headers().get("idempotent-replayed").is_none());
+    let body: Value = response.json().await.unwrap();
     assert_eq!(body["id"], issued.s3object_id.as_str());
 
     let forwarded = gw.forwarded(SUCCESS);
@@ -33,9 +39,251 @@ async fn presign_then_confirm_forwards_once_with_server_held_business_id() {
     assert_eq!(form["business_id"], BUSINESS_ID);
     assert_eq!(form["uuid"], issued.s3object_id);
     assert_eq!(form["key"], issued.key);
+    assert_eq!(form["name"], "photo.png");
+    assert_eq!(form["etag"], "\"abc\"");
+    // field_value is not a public source: the client's is_public=true is overridden.
     assert_eq!(form["is_public"], "false");
-    assert_eq!(
-        forwarded[0].query_pairs(),
-        vec![("source".to_owned(), "field_value".to_owned())]
+    assert_eq!(forwarded[0].query_pairs(), vec![("source".to_owned(), "field_value".to_owned())]);
+}
+
+#[tokio::test]
+async fn is_public_is_kept_only_for_configured_public_sources() {
+    let gw = TestGateway::builder().with_config("[confirm]\npublic_sources = [\"public_image\"]\n").start().await;
+    let token = gw.token("alice");
+    let response =
+        gw.presign_query(&token, "contenttype=image%2Fpng&filename=logo.png&source=public_image").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let uuid = body["s3object_id"].as_str().unwrap();
+    let key = body["fields"]["key"].as_str().unwrap();
+    let response = gw
+        .confirm_form(&token, &[("uuid", uuid), ("key", key), ("name", "logo.png"), ("etag", "e"), ("is_public", "true")])
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(gw.forwarded(SUCCESS)[0].form()["is_public"], "true");
+    assert_eq!(gw.forwarded(SUCCESS)[0].query_pairs()[0].1, "public_image");
+}
+
+#[tokio::test]
+async fn a_repeat_of_a_successful_confirmation_is_answered_from_memory() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    let first = gw.confirm(&token, &issued).await;
+    assert_eq!(first.status(), 200);
+    let first_body = first.bytes().await.unwrap();
+
+    let repeat = gw.confirm(&token, &issued).await;
+    assert_eq!(repeat.status(), 200);
+    assert_eq!(repeat.headers()["idempotent-replayed"], "true");
+    assert_eq!(repeat.headers()["content-type"], "application/json");
+    assert_eq!(repeat.bytes().await.unwrap(), first_body);
+    assert_eq!(gw.forwarded(SUCCESS).len(), 1, "the repeat never reaches upstream");
+
+    // Anything else on a consumed upload is a conflict.
+    let other_key = gw
+        .confirm_form(&token, &[("uuid", &issued.s3object_id), ("key", "other"), ("name", "a"), ("etag", "e")])
+        .await;
+    assert_problem(other_key, 409, "already_confirmed").await;
+    assert_eq!(gw.forwarded(SUCCESS).len(), 1);
+}
+
+#[tokio::test]
+async fn another_users_upload_looks_exactly_like_an_unknown_one() {
+    let gw = TestGateway::start().await;
+    let alice = gw.token("alice");
+    let bob = gw.token("bob");
+    let issued = gw.issue(&alice).await;
+
+    let cross_user = assert_problem(gw.confirm(&bob, &issued).await, 404, "upload_not_found").await;
+    let unknown = Issued { s3object_id: uuid::Uuid::new_v4().to_string(), ..issued.clone() };
+    let unknown = assert_problem(gw.confirm(&bob, &unknown).await, 404, "upload_not_found").await;
+    assert_eq!(cross_user, unknown, "no oracle: the same answer");
+    assert!(gw.forwarded(SUCCESS).is_empty());
+
+    // Bob's attempt did not spend alice's upload.
+    assert_eq!(gw.confirm(&alice, &issued).await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_key_must_be_exactly_the_issued_one() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    for wrong in [format!("{}x", issued.key), issued.key.to_uppercase(), format!("{} ", issued.key), "k".into()] {
+        let response = gw
+            .confirm_form(&token, &[("uuid", &issued.s3object_id), ("key", &wrong), ("name", "a"), ("etag", "e")])
+            .await;
+        assert_problem(response, 403, "key_mismatch").await;
+    }
+    assert!(gw.forwarded(SUCCESS).is_empty());
+    assert_eq!(gw.confirm(&token, &issued).await.status(), 200);
+}
+
+#[tokio::test]
+async fn invalid_confirmations_list_every_field_and_change_nothing() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    let response = gw.confirm_form(&token, &[("uuid", "not-a-uuid"), ("is_public", "maybe"), ("extra", "1")]).await;
+    let body = assert_problem(response, 400, "invalid_input").await;
+    let fields: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    for field in ["uuid", "key", "name", "etag", "is_public", "extra"] {
+        assert!(fields.contains(&field), "{field} missing from {fields:?}");
+    }
+    let duplicate = gw
+        .confirm_form(
+            &token,
+            &[("uuid", &issued.s3object_id), ("key", &issued.key), ("key", "x"), ("name", "a"), ("etag", "e")],
+        )
+        .await;
+    let body = assert_problem(duplicate, 400, "invalid_input").await;
+    assert_eq!(body["errors"][0]["code"], "duplicate");
+    assert!(gw.forwarded(SUCCESS).is_empty());
+    assert_eq!(gw.confirm(&token, &issued).await.status(), 200, "the upload is intact");
+}
+
+#[tokio::test]
+async fn the_window_closes_at_expires_at_plus_grace() {
+    let gw = TestGateway::builder().with_config("[confirm]\ngrace = \"1m\"\n").start().await;
+    let token = gw.token("alice");
+    let early = gw.issue(&token).await;
+    let late = gw.issue(&token).await;
+
+    // The stand-in's presigned POST expires in 5 minutes; one more minute of grace.
+    gw.clock.advance(Duration::from_secs(5 * 60 + 30));
+    assert_eq!(gw.confirm(&token, &early).await.status(), 200, "inside the grace");
+
+    gw.clock.advance(Duration::from_secs(60));
+    assert_problem(gw.confirm(&token, &late).await, 410, "upload_expired").await;
+    assert_eq!(gw.forwarded(SUCCESS).len(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_clock_cannot_stretch_the_window() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    let id = uuid::Uuid::new_v4().to_string();
+    gw.standin.script(
+        Endpoint::Presign,
+        Scripted::Respond {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: json!({
+                "url": "http://s3.invalid/upload", "fields": {"key": "far/future"}, "s3object_id": id,
+                "max_file_size": 10, "expires_at": "2099-01-01T00:00:00Z"
+            })
+            .to_string(),
+        },
     );
+    let issued = gw.issue(&token).await;
+    assert_eq!(issued.s3object_id, id);
+
+    // Default max_window is 2 hours after the presign, whatever expires_at says.
+    gw.clock.advance(Duration::from_secs(2 * 3600 + 1));
+    assert_problem(gw.confirm(&token, &issued).await, 410, "upload_expired").await;
+    assert!(gw.forwarded(SUCCESS).is_empty());
+}
+
+#[tokio::test]
+async fn an_expired_upload_is_remembered_for_an_hour_then_forgotten() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    // Default grace 1h: the window ends 1h05m after the presign.
+    gw.clock.advance(Duration::from_secs(65 * 60 + 1));
+    assert_problem(gw.confirm(&token, &issued).await, 410, "upload_expired").await;
+    gw.clock.advance(Duration::from_secs(59 * 60));
+    assert_problem(gw.confirm(&token, &issued).await, 410, "upload_expired").await;
+    gw.clock.advance(Duration::from_secs(60));
+    assert_problem(gw.confirm(&token, &issued).await, 404, "upload_not_found").await;
+}
+
+#[tokio::test]
+async fn twenty_concurrent_confirmations_forward_exactly_one() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+
+    let attempts: Vec<_> = (0..20).map(|_| gw.confirm_task(&token, &issued)).collect();
+    let mut responses = Vec::new();
+    for attempt in attempts {
+        responses.push(attempt.await.unwrap());
+    }
+
+    let mut fresh = 0;
+    for response in responses {
+        match response.status().as_u16() {
+            200 if response.headers().get("idempotent-replayed").is_none() => fresh += 1,
+            200 => {}
+            409 => {
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["code"], "confirmation_in_progress");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one confirmation was forwarded and answered fresh");
+    assert_eq!(gw.forwarded(SUCCESS).len(), 1);
+}
+
+#[tokio::test]
+async fn a_confirmation_in_flight_makes_the_others_wait_with_409() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    gw.standin.script(Endpoint::Success, Scripted::Delay(Duration::from_millis(500)));
+
+    let first = gw.confirm_task(&token, &issued);
+    gw.standin.wait_for_requests(SUCCESS, 1).await;
+    let second = gw.confirm(&token, &issued).await;
+    assert_eq!(second.headers()["retry-after"], "1");
+    assert_problem(second, 409, "confirmation_in_progress").await;
+    assert_eq!(first.await.unwrap().status(), 200);
+    assert_eq!(gw.forwarded(SUCCESS).len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_confirmation_does_not_strand_the_upload() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    gw.standin.script(Endpoint::Success, Scripted::Delay(Duration::from_millis(300)));
+
+    let abandoned = gw.confirm_task(&token, &issued);
+    gw.standin.wait_for_requests(SUCCESS, 1).await;
+    abandoned.abort();
+
+    // The forward finishes without the client; the upload ends confirmed, and the client's
+    // retry is answered from memory (after the in-flight window) with no second forward.
+    // Polling for the outcome: 409 while the orphaned forward is still in flight.
+    let mut status = gw.confirm(&token, &issued).await;
+    for _ in 0..200 {
+        if status.status() != 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = gw.confirm(&token, &issued).await;
+    }
+    assert_eq!(status.status(), 200);
+    assert_eq!(status.headers()["idempotent-replayed"], "true");
+    assert_eq!(gw.forwarded(SUCCESS).len(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_failure_releases_the_claim_for_a_retry() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    gw.standin.script(Endpoint::Success, Scripted::Respond { status: 500, headers: vec![], body: "boom".into() });
+    assert_problem(gw.confirm(&token, &issued).await, 502, "upstream_error").await;
+    gw.standin.script(
+        Endpoint::Success,
+        Scripted::Respond { status: 400, headers: vec![], body: r#"{"detail":{"etag":"bad"}}"#.into() },
+    );
+    let rejected = gw.confirm(&token, &issued).await;
+    assert_eq!(rejected.status(), 400);
+    assert_eq!(rejected.text().await.unwrap(), r#"{"detail":{"etag":"bad"}}"#);
+    assert_eq!(gw.confirm(&token, &issued).await.status(), 200);
+    assert_eq!(gw.forwarded(SUCCESS).len(), 3);
 }

@@ -264,6 +264,26 @@ impl TestGateway {
         .await
     }
 
+    /// Like [`TestGateway::confirm`], as a task of its own (for concurrent or abandoned calls).
+    pub fn confirm_task(&self, token: &str, issued: &Issued) -> JoinHandle<reqwest::Response> {
+        let request = self
+            .client
+            .post(format!("{}{SUCCESS}", self.url))
+            .bearer_auth(token)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs([
+                        ("uuid", issued.s3object_id.as_str()),
+                        ("key", &issued.key),
+                        ("name", "photo.png"),
+                        ("etag", "\"abc123\""),
+                    ])
+                    .finish(),
+            );
+        tokio::spawn(async move { request.send().await.unwrap() })
+    }
+
     /// Requests the stand-in received on `path`.
     pub fn forwarded(&self, path: &str) -> Vec<RecordedRequest> {
         self.standin.requests_to(path)
