@@ -1,0 +1,140 @@
+//! The binary as a user runs it: dev mode's printed steps work as printed, and SIGTERM drains
+//! in-flight requests before a clean exit.
+
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use common::*;
+use kizen_gateway::standin::{Endpoint, Scripted};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kizen-gateway");
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kizen-gw-{name}-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Reads the child's stdout line by line until `done` says stop; returns the lines.
+async fn read_until(child: &mut Child, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let stop = done(&line);
+            seen.push(line);
+            if stop {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("the binary printed what was expected");
+    seen
+}
+
+#[tokio::test]
+async fn dev_mode_prints_steps_that_work_as_printed() {
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--standin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = read_until(&mut child, |line| line == kizen_gateway::dev::STEPS_END).await;
+    let output = lines.join("\n");
+    assert!(output.contains("DEV MODE"), "clearly labelled:\n{output}");
+    let begin = lines.iter().position(|l| l == kizen_gateway::dev::STEPS_BEGIN).expect("steps block");
+    let script = lines[begin..].join("\n");
+
+    let dir = temp_dir("dev");
+    std::fs::write(dir.join("steps.sh"), &script).unwrap();
+    let run = Command::new("bash")
+        .args(["-euo", "pipefail", "steps.sh"])
+        .current_dir(&dir)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "steps failed: {}\n{stdout}", String::from_utf8_lossy(&run.stderr));
+    // Step 3's answer: the stored object, with the size of the file uploaded in step 2.
+    let confirmed: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(confirmed["size_bytes"], 13, "hello, kizen\\n is 13 bytes");
+    assert_eq!(confirmed["name"], "hello.txt");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    // The upstream stand-in runs in this process; the gateway is the real binary.
+    let gw = TestGateway::start().await;
+    gw.standin.script(Endpoint::Presign, Scripted::Delay(Duration::from_millis(800)));
+    let dir = temp_dir("sigterm");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n[upstream]\nbase_url = \"{}\"\napi_key = \"value:{API_KEY}\"\nbusiness_id = \"value:{BUSINESS_ID}\"\nuser_id = \"value:{KIZEN_USER_ID}\"\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"value:{HS256_SECRET}\"\n",
+            gw.standin_url
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = read_until(&mut child, |line| line.contains("kizen-gateway listening")).await;
+    let addr: std::net::SocketAddr = lines
+        .last()
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("the listening line names the bound address");
+
+    let token = gw.token("alice");
+    let in_flight = tokio::spawn({
+        let client = gw.client.clone();
+        async move {
+            client
+                .get(format!("http://{addr}{PRESIGN}?{DEFAULT_QUERY}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    gw.standin.wait_for_requests(PRESIGN, 1).await;
+
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+
+    // New connections are refused once the listener is closed, while the request is in flight.
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refused, "the listener closes on SIGTERM");
+    assert!(!in_flight.is_finished(), "the slow request was still in flight when the listener closed");
+
+    assert_eq!(in_flight.await.unwrap(), 200, "the in-flight request completed");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "exit code 0, got {status:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
