@@ -266,6 +266,13 @@ async fn record_and_script(
         }) => {
             let mut response =
                 (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
+            // A scripted content type replaces the text/plain default rather than joining it.
+            if headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+            {
+                response.headers_mut().remove(header::CONTENT_TYPE);
+            }
             for (name, value) in headers {
                 if let (Ok(name), Ok(value)) = (
                     header::HeaderName::from_bytes(name.as_bytes()),
