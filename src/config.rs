@@ -249,7 +249,7 @@ impl Config {
                 .next()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            ConfigError(first.replace('\n', " "))
+            ConfigError(without_source_lines(&first))
         })?;
         config.validate()?;
         Ok(config)
@@ -389,6 +389,23 @@ impl Config {
         nonzero("store.sweep_interval", self.store.sweep_interval)?;
         Ok(())
     }
+}
+
+/// Joins an error's lines into one, dropping the source lines a TOML syntax error quotes
+/// (`2 | api_key = "value:..."` and its `  |   ^` markers): the quoted line may hold a secret.
+/// The position and the reason are kept.
+fn without_source_lines(message: &str) -> String {
+    message
+        .lines()
+        .filter(|line| {
+            !line
+                .trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+                .starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn positive(option: &str, value: usize) -> Result<(), ConfigError> {

@@ -182,7 +182,8 @@ impl Standin {
             .with_state(self.clone())
     }
 
-    fn check_credentials(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// `false` answers 403, as DRF does for missing or wrong credentials.
+    fn credentials_ok(&self, headers: &HeaderMap) -> bool {
         let get = |name: &str| {
             headers
                 .get_all(name)
@@ -193,7 +194,7 @@ impl Standin {
         let api_key = get("x-api-key");
         let business = get("x-business-id");
         let user = get("x-user-id");
-        let ok = api_key == [self.config.api_key.as_str()]
+        api_key == [self.config.api_key.as_str()]
             && business == [self.config.business_id.as_str()]
             && user.len() == 1
             && !user[0].is_empty()
@@ -201,16 +202,7 @@ impl Standin {
                 .config
                 .user_id
                 .as_deref()
-                .is_none_or(|expected| user[0] == expected);
-        if ok {
-            Ok(())
-        } else {
-            Err((
-                StatusCode::FORBIDDEN,
-                axum::Json(json!({"detail": "You do not have permission to perform this action."})),
-            )
-                .into_response())
-        }
+                .is_none_or(|expected| user[0] == expected)
     }
 }
 
@@ -294,6 +286,11 @@ async fn record_and_script(
 
 const SOURCES: [&str; 11] = crate::config::KIZEN_SOURCES;
 
+fn forbidden() -> Response {
+    let detail = json!({"detail": "You do not have permission to perform this action."});
+    (StatusCode::FORBIDDEN, axum::Json(detail)).into_response()
+}
+
 fn bad_request(detail: Value) -> Response {
     (
         StatusCode::BAD_REQUEST,
@@ -303,8 +300,8 @@ fn bad_request(detail: Value) -> Response {
 }
 
 async fn presign(State(standin): State<Standin>, headers: HeaderMap, request: Request) -> Response {
-    if let Err(refused) = standin.check_credentials(&headers) {
-        return refused;
+    if !standin.credentials_ok(&headers) {
+        return forbidden();
     }
     let query: HashMap<String, String> =
         form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
@@ -427,8 +424,8 @@ async fn upload(State(standin): State<Standin>, mut multipart: Multipart) -> Res
 }
 
 async fn success(State(standin): State<Standin>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refused) = standin.check_credentials(&headers) {
-        return refused;
+    if !standin.credentials_ok(&headers) {
+        return forbidden();
     }
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let mut problems = serde_json::Map::new();

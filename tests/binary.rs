@@ -15,7 +15,11 @@ use tokio::{
 const BIN: &str = env!("CARGO_BIN_EXE_kizen-gateway");
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("kizen-gw-{name}-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
+    let dir = std::env::temp_dir().join(format!(
+        "kizen-gw-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -34,14 +38,22 @@ async fn read_until(child: &mut Child, mut done: impl FnMut(&str) -> bool) -> Ve
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), read).await.expect("the binary printed what was expected");
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the binary printed what was expected");
     seen
 }
 
 #[tokio::test]
 async fn dev_mode_prints_steps_that_work_as_printed() {
     let mut child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--standin-listen", "127.0.0.1:0"])
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--standin-listen",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -50,7 +62,10 @@ async fn dev_mode_prints_steps_that_work_as_printed() {
     let lines = read_until(&mut child, |line| line == kizen_gateway::dev::STEPS_END).await;
     let output = lines.join("\n");
     assert!(output.contains("DEV MODE"), "clearly labelled:\n{output}");
-    let begin = lines.iter().position(|l| l == kizen_gateway::dev::STEPS_BEGIN).expect("steps block");
+    let begin = lines
+        .iter()
+        .position(|l| l == kizen_gateway::dev::STEPS_BEGIN)
+        .expect("steps block");
     let script = lines[begin..].join("\n");
 
     let dir = temp_dir("dev");
@@ -62,9 +77,14 @@ async fn dev_mode_prints_steps_that_work_as_printed() {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "steps failed: {}\n{stdout}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "steps failed: {}\n{stdout}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     // Step 3's answer: the stored object, with the size of the file uploaded in step 2.
-    let confirmed: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let confirmed: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(confirmed["size_bytes"], 13, "hello, kizen\\n is 13 bytes");
     assert_eq!(confirmed["name"], "hello.txt");
     let _ = std::fs::remove_dir_all(dir);
@@ -74,7 +94,10 @@ async fn dev_mode_prints_steps_that_work_as_printed() {
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     // The upstream stand-in runs in this process; the gateway is the real binary.
     let gw = TestGateway::start().await;
-    gw.standin.script(Endpoint::Presign, Scripted::Delay(Duration::from_millis(800)));
+    gw.standin.script(
+        Endpoint::Presign,
+        Scripted::Delay(Duration::from_millis(800)),
+    );
     let dir = temp_dir("sigterm");
     let config = dir.join("gateway.toml");
     std::fs::write(
@@ -118,7 +141,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     gw.standin.wait_for_requests(PRESIGN, 1).await;
 
     let pid = child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(kill.success());
 
     // New connections are refused once the listener is closed, while the request is in flight.
@@ -131,10 +157,20 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(refused, "the listener closes on SIGTERM");
-    assert!(!in_flight.is_finished(), "the slow request was still in flight when the listener closed");
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request was still in flight when the listener closed"
+    );
 
-    assert_eq!(in_flight.await.unwrap(), 200, "the in-flight request completed");
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits").unwrap();
+    assert_eq!(
+        in_flight.await.unwrap(),
+        200,
+        "the in-flight request completed"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
     assert!(status.success(), "exit code 0, got {status:?}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -43,21 +43,40 @@ async fn presign_then_confirm_forwards_once_with_server_held_business_id() {
     assert_eq!(form["etag"], "\"abc\"");
     // field_value is not a public source: the client's is_public=true is overridden.
     assert_eq!(form["is_public"], "false");
-    assert_eq!(forwarded[0].query_pairs(), vec![("source".to_owned(), "field_value".to_owned())]);
+    assert_eq!(
+        forwarded[0].query_pairs(),
+        vec![("source".to_owned(), "field_value".to_owned())]
+    );
 }
 
 #[tokio::test]
 async fn is_public_is_kept_only_for_configured_public_sources() {
-    let gw = TestGateway::builder().with_config("[confirm]\npublic_sources = [\"public_image\"]\n").start().await;
+    let gw = TestGateway::builder()
+        .with_config("[confirm]\npublic_sources = [\"public_image\"]\n")
+        .start()
+        .await;
     let token = gw.token("alice");
-    let response =
-        gw.presign_query(&token, "contenttype=image%2Fpng&filename=logo.png&source=public_image").await;
+    let response = gw
+        .presign_query(
+            &token,
+            "contenttype=image%2Fpng&filename=logo.png&source=public_image",
+        )
+        .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     let uuid = body["s3object_id"].as_str().unwrap();
     let key = body["fields"]["key"].as_str().unwrap();
     let response = gw
-        .confirm_form(&token, &[("uuid", uuid), ("key", key), ("name", "logo.png"), ("etag", "e"), ("is_public", "true")])
+        .confirm_form(
+            &token,
+            &[
+                ("uuid", uuid),
+                ("key", key),
+                ("name", "logo.png"),
+                ("etag", "e"),
+                ("is_public", "true"),
+            ],
+        )
         .await;
     assert_eq!(response.status(), 200);
     assert_eq!(gw.forwarded(SUCCESS)[0].form()["is_public"], "true");
@@ -78,11 +97,23 @@ async fn a_repeat_of_a_successful_confirmation_is_answered_from_memory() {
     assert_eq!(repeat.headers()["idempotent-replayed"], "true");
     assert_eq!(repeat.headers()["content-type"], "application/json");
     assert_eq!(repeat.bytes().await.unwrap(), first_body);
-    assert_eq!(gw.forwarded(SUCCESS).len(), 1, "the repeat never reaches upstream");
+    assert_eq!(
+        gw.forwarded(SUCCESS).len(),
+        1,
+        "the repeat never reaches upstream"
+    );
 
     // Anything else on a consumed upload is a conflict.
     let other_key = gw
-        .confirm_form(&token, &[("uuid", &issued.s3object_id), ("key", "other"), ("name", "a"), ("etag", "e")])
+        .confirm_form(
+            &token,
+            &[
+                ("uuid", &issued.s3object_id),
+                ("key", "other"),
+                ("name", "a"),
+                ("etag", "e"),
+            ],
+        )
         .await;
     assert_problem(other_key, 409, "already_confirmed").await;
     assert_eq!(gw.forwarded(SUCCESS).len(), 1);
@@ -96,7 +127,10 @@ async fn another_users_upload_looks_exactly_like_an_unknown_one() {
     let issued = gw.issue(&alice).await;
 
     let cross_user = assert_problem(gw.confirm(&bob, &issued).await, 404, "upload_not_found").await;
-    let unknown = Issued { s3object_id: uuid::Uuid::new_v4().to_string(), ..issued.clone() };
+    let unknown = Issued {
+        s3object_id: uuid::Uuid::new_v4().to_string(),
+        ..issued.clone()
+    };
     let unknown = assert_problem(gw.confirm(&bob, &unknown).await, 404, "upload_not_found").await;
     assert_eq!(cross_user, unknown, "no oracle: the same answer");
     assert!(gw.forwarded(SUCCESS).is_empty());
@@ -110,9 +144,22 @@ async fn the_key_must_be_exactly_the_issued_one() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice");
     let issued = gw.issue(&token).await;
-    for wrong in [format!("{}x", issued.key), issued.key.to_uppercase(), format!("{} ", issued.key), "k".into()] {
+    for wrong in [
+        format!("{}x", issued.key),
+        issued.key.to_uppercase(),
+        format!("{} ", issued.key),
+        "k".into(),
+    ] {
         let response = gw
-            .confirm_form(&token, &[("uuid", &issued.s3object_id), ("key", &wrong), ("name", "a"), ("etag", "e")])
+            .confirm_form(
+                &token,
+                &[
+                    ("uuid", &issued.s3object_id),
+                    ("key", &wrong),
+                    ("name", "a"),
+                    ("etag", "e"),
+                ],
+            )
             .await;
         assert_problem(response, 403, "key_mismatch").await;
     }
@@ -125,34 +172,65 @@ async fn invalid_confirmations_list_every_field_and_change_nothing() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice");
     let issued = gw.issue(&token).await;
-    let response = gw.confirm_form(&token, &[("uuid", "not-a-uuid"), ("is_public", "maybe"), ("extra", "1")]).await;
+    let response = gw
+        .confirm_form(
+            &token,
+            &[
+                ("uuid", "not-a-uuid"),
+                ("is_public", "maybe"),
+                ("extra", "1"),
+            ],
+        )
+        .await;
     let body = assert_problem(response, 400, "invalid_input").await;
-    let fields: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
     for field in ["uuid", "key", "name", "etag", "is_public", "extra"] {
         assert!(fields.contains(&field), "{field} missing from {fields:?}");
     }
     let duplicate = gw
         .confirm_form(
             &token,
-            &[("uuid", &issued.s3object_id), ("key", &issued.key), ("key", "x"), ("name", "a"), ("etag", "e")],
+            &[
+                ("uuid", &issued.s3object_id),
+                ("key", &issued.key),
+                ("key", "x"),
+                ("name", "a"),
+                ("etag", "e"),
+            ],
         )
         .await;
     let body = assert_problem(duplicate, 400, "invalid_input").await;
     assert_eq!(body["errors"][0]["code"], "duplicate");
     assert!(gw.forwarded(SUCCESS).is_empty());
-    assert_eq!(gw.confirm(&token, &issued).await.status(), 200, "the upload is intact");
+    assert_eq!(
+        gw.confirm(&token, &issued).await.status(),
+        200,
+        "the upload is intact"
+    );
 }
 
 #[tokio::test]
 async fn the_window_closes_at_expires_at_plus_grace() {
-    let gw = TestGateway::builder().with_config("[confirm]\ngrace = \"1m\"\n").start().await;
+    let gw = TestGateway::builder()
+        .with_config("[confirm]\ngrace = \"1m\"\n")
+        .start()
+        .await;
     let token = gw.token("alice");
     let early = gw.issue(&token).await;
     let late = gw.issue(&token).await;
 
     // The stand-in's presigned POST expires in 5 minutes; one more minute of grace.
     gw.clock.advance(Duration::from_secs(5 * 60 + 30));
-    assert_eq!(gw.confirm(&token, &early).await.status(), 200, "inside the grace");
+    assert_eq!(
+        gw.confirm(&token, &early).await.status(),
+        200,
+        "inside the grace"
+    );
 
     gw.clock.advance(Duration::from_secs(60));
     assert_problem(gw.confirm(&token, &late).await, 410, "upload_expired").await;
@@ -223,7 +301,10 @@ async fn twenty_concurrent_confirmations_forward_exactly_one() {
             other => panic!("unexpected status {other}"),
         }
     }
-    assert_eq!(fresh, 1, "exactly one confirmation was forwarded and answered fresh");
+    assert_eq!(
+        fresh, 1,
+        "exactly one confirmation was forwarded and answered fresh"
+    );
     assert_eq!(gw.forwarded(SUCCESS).len(), 1);
 }
 
@@ -232,7 +313,10 @@ async fn a_confirmation_in_flight_makes_the_others_wait_with_409() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice");
     let issued = gw.issue(&token).await;
-    gw.standin.script(Endpoint::Success, Scripted::Delay(Duration::from_millis(500)));
+    gw.standin.script(
+        Endpoint::Success,
+        Scripted::Delay(Duration::from_millis(500)),
+    );
 
     let first = gw.confirm_task(&token, &issued);
     gw.standin.wait_for_requests(SUCCESS, 1).await;
@@ -248,7 +332,10 @@ async fn a_client_that_hangs_up_mid_confirmation_does_not_strand_the_upload() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice");
     let issued = gw.issue(&token).await;
-    gw.standin.script(Endpoint::Success, Scripted::Delay(Duration::from_millis(300)));
+    gw.standin.script(
+        Endpoint::Success,
+        Scripted::Delay(Duration::from_millis(300)),
+    );
 
     let abandoned = gw.confirm_task(&token, &issued);
     gw.standin.wait_for_requests(SUCCESS, 1).await;
@@ -275,15 +362,29 @@ async fn an_upstream_failure_releases_the_claim_for_a_retry() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice");
     let issued = gw.issue(&token).await;
-    gw.standin.script(Endpoint::Success, Scripted::Respond { status: 500, headers: vec![], body: "boom".into() });
+    gw.standin.script(
+        Endpoint::Success,
+        Scripted::Respond {
+            status: 500,
+            headers: vec![],
+            body: "boom".into(),
+        },
+    );
     assert_problem(gw.confirm(&token, &issued).await, 502, "upstream_error").await;
     gw.standin.script(
         Endpoint::Success,
-        Scripted::Respond { status: 400, headers: vec![], body: r#"{"detail":{"etag":"bad"}}"#.into() },
+        Scripted::Respond {
+            status: 400,
+            headers: vec![],
+            body: r#"{"detail":{"etag":"bad"}}"#.into(),
+        },
     );
     let rejected = gw.confirm(&token, &issued).await;
     assert_eq!(rejected.status(), 400);
-    assert_eq!(rejected.text().await.unwrap(), r#"{"detail":{"etag":"bad"}}"#);
+    assert_eq!(
+        rejected.text().await.unwrap(),
+        r#"{"detail":{"etag":"bad"}}"#
+    );
     assert_eq!(gw.confirm(&token, &issued).await.status(), 200);
     assert_eq!(gw.forwarded(SUCCESS).len(), 3);
 }

@@ -26,7 +26,11 @@ fn upload(user: &str, now: OffsetDateTime) -> IssuedUpload {
 }
 
 fn answer() -> StoredResponse {
-    StoredResponse { status: 200, content_type: Some("application/json".into()), body: Bytes::from_static(b"{\"id\":1}") }
+    StoredResponse {
+        status: 200,
+        content_type: Some("application/json".into()),
+        body: Bytes::from_static(b"{\"id\":1}"),
+    }
 }
 
 fn t0() -> OffsetDateTime {
@@ -37,33 +41,76 @@ pub async fn claim_takes_a_lease_once(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
-    let ClaimOutcome::Claimed { upload: claimed, .. } =
-        store.claim("alice", up.s3object_id, &up.key, now, LEASE).await.unwrap()
+    let ClaimOutcome::Claimed {
+        upload: claimed, ..
+    } = store
+        .claim("alice", up.s3object_id, &up.key, now, LEASE)
+        .await
+        .unwrap()
     else {
         panic!("first claim must succeed")
     };
     assert_eq!(claimed, up);
-    assert_eq!(store.claim("alice", up.s3object_id, &up.key, now, LEASE).await.unwrap(), ClaimOutcome::InFlight);
+    assert_eq!(
+        store
+            .claim("alice", up.s3object_id, &up.key, now, LEASE)
+            .await
+            .unwrap(),
+        ClaimOutcome::InFlight
+    );
 }
 
 pub async fn unknown_and_foreign_uploads_are_not_found(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
-    assert_eq!(store.claim("alice", Uuid::new_v4(), &up.key, now, LEASE).await.unwrap(), ClaimOutcome::NotFound);
-    assert_eq!(store.claim("bob", up.s3object_id, &up.key, now, LEASE).await.unwrap(), ClaimOutcome::NotFound);
+    assert_eq!(
+        store
+            .claim("alice", Uuid::new_v4(), &up.key, now, LEASE)
+            .await
+            .unwrap(),
+        ClaimOutcome::NotFound
+    );
+    assert_eq!(
+        store
+            .claim("bob", up.s3object_id, &up.key, now, LEASE)
+            .await
+            .unwrap(),
+        ClaimOutcome::NotFound
+    );
     // A user id that is a prefix or a case variant of another is another user.
-    assert_eq!(store.claim("Alice", up.s3object_id, &up.key, now, LEASE).await.unwrap(), ClaimOutcome::NotFound);
-    assert_eq!(store.claim("alic", up.s3object_id, &up.key, now, LEASE).await.unwrap(), ClaimOutcome::NotFound);
+    assert_eq!(
+        store
+            .claim("Alice", up.s3object_id, &up.key, now, LEASE)
+            .await
+            .unwrap(),
+        ClaimOutcome::NotFound
+    );
+    assert_eq!(
+        store
+            .claim("alic", up.s3object_id, &up.key, now, LEASE)
+            .await
+            .unwrap(),
+        ClaimOutcome::NotFound
+    );
 }
 
 pub async fn a_wrong_key_is_refused_and_claims_nothing(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
-    assert_eq!(store.claim("alice", up.s3object_id, "other", now, LEASE).await.unwrap(), ClaimOutcome::KeyMismatch);
+    assert_eq!(
+        store
+            .claim("alice", up.s3object_id, "other", now, LEASE)
+            .await
+            .unwrap(),
+        ClaimOutcome::KeyMismatch
+    );
     assert!(matches!(
-        store.claim("alice", up.s3object_id, &up.key, now, LEASE).await.unwrap(),
+        store
+            .claim("alice", up.s3object_id, &up.key, now, LEASE)
+            .await
+            .unwrap(),
         ClaimOutcome::Claimed { .. }
     ));
 }
@@ -72,13 +119,19 @@ pub async fn release_gives_the_upload_back(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
-    let ClaimOutcome::Claimed { lease, .. } = store.claim("alice", up.s3object_id, &up.key, now, LEASE).await.unwrap()
+    let ClaimOutcome::Claimed { lease, .. } = store
+        .claim("alice", up.s3object_id, &up.key, now, LEASE)
+        .await
+        .unwrap()
     else {
         panic!()
     };
     store.release(up.s3object_id, lease).await.unwrap();
     assert!(matches!(
-        store.claim("alice", up.s3object_id, &up.key, now, LEASE).await.unwrap(),
+        store
+            .claim("alice", up.s3object_id, &up.key, now, LEASE)
+            .await
+            .unwrap(),
         ClaimOutcome::Claimed { .. }
     ));
 }
@@ -87,25 +140,38 @@ pub async fn a_stale_lease_cannot_release_or_consume(store: Arc<dyn UploadStore>
     let now = t0();
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
-    let ClaimOutcome::Claimed { lease: old, .. } =
-        store.claim("alice", up.s3object_id, &up.key, now, LEASE).await.unwrap()
+    let ClaimOutcome::Claimed { lease: old, .. } = store
+        .claim("alice", up.s3object_id, &up.key, now, LEASE)
+        .await
+        .unwrap()
     else {
         panic!()
     };
     // The lease lapses (a replica died mid-confirmation); someone else claims.
     let later = now + LEASE + Duration::from_secs(1);
-    let ClaimOutcome::Claimed { lease: new, .. } =
-        store.claim("alice", up.s3object_id, &up.key, later, LEASE).await.unwrap()
+    let ClaimOutcome::Claimed { lease: new, .. } = store
+        .claim("alice", up.s3object_id, &up.key, later, LEASE)
+        .await
+        .unwrap()
     else {
         panic!("an expired lease must not block the upload")
     };
     assert_ne!(old, new);
     store.release(up.s3object_id, old).await.unwrap();
     store.consume(up.s3object_id, old, answer()).await.unwrap();
-    assert_eq!(store.claim("alice", up.s3object_id, &up.key, later, LEASE).await.unwrap(), ClaimOutcome::InFlight);
+    assert_eq!(
+        store
+            .claim("alice", up.s3object_id, &up.key, later, LEASE)
+            .await
+            .unwrap(),
+        ClaimOutcome::InFlight
+    );
     store.consume(up.s3object_id, new, answer()).await.unwrap();
     assert_eq!(
-        store.claim("alice", up.s3object_id, &up.key, later, LEASE).await.unwrap(),
+        store
+            .claim("alice", up.s3object_id, &up.key, later, LEASE)
+            .await
+            .unwrap(),
         ClaimOutcome::AlreadyConfirmed(Some(answer()))
     );
 }
@@ -114,49 +180,96 @@ pub async fn consume_keeps_the_answer_for_the_same_key_only(store: Arc<dyn Uploa
     let now = t0();
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
-    let ClaimOutcome::Claimed { lease, .. } = store.claim("alice", up.s3object_id, &up.key, now, LEASE).await.unwrap()
+    let ClaimOutcome::Claimed { lease, .. } = store
+        .claim("alice", up.s3object_id, &up.key, now, LEASE)
+        .await
+        .unwrap()
     else {
         panic!()
     };
-    store.consume(up.s3object_id, lease, answer()).await.unwrap();
+    store
+        .consume(up.s3object_id, lease, answer())
+        .await
+        .unwrap();
     assert_eq!(
-        store.claim("alice", up.s3object_id, &up.key, now, LEASE).await.unwrap(),
+        store
+            .claim("alice", up.s3object_id, &up.key, now, LEASE)
+            .await
+            .unwrap(),
         ClaimOutcome::AlreadyConfirmed(Some(answer()))
     );
     assert_eq!(
-        store.claim("alice", up.s3object_id, "other", now, LEASE).await.unwrap(),
+        store
+            .claim("alice", up.s3object_id, "other", now, LEASE)
+            .await
+            .unwrap(),
         ClaimOutcome::AlreadyConfirmed(None)
     );
-    assert_eq!(store.claim("bob", up.s3object_id, &up.key, now, LEASE).await.unwrap(), ClaimOutcome::NotFound);
-    assert_eq!(store.outstanding("alice", now).await.unwrap(), 0, "a consumed upload is not outstanding");
+    assert_eq!(
+        store
+            .claim("bob", up.s3object_id, &up.key, now, LEASE)
+            .await
+            .unwrap(),
+        ClaimOutcome::NotFound
+    );
+    assert_eq!(
+        store.outstanding("alice", now).await.unwrap(),
+        0,
+        "a consumed upload is not outstanding"
+    );
 }
 
 pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
-    assert!(matches!(
-        store.claim("alice", up.s3object_id, &up.key, up.window_end, LEASE).await.unwrap(),
-        ClaimOutcome::Claimed { .. }
-    ), "the window's last instant is inside");
+    assert!(
+        matches!(
+            store
+                .claim("alice", up.s3object_id, &up.key, up.window_end, LEASE)
+                .await
+                .unwrap(),
+            ClaimOutcome::Claimed { .. }
+        ),
+        "the window's last instant is inside"
+    );
     let other = upload("alice", now);
     store.record(other.clone(), 10, now).await.unwrap();
     let closed = other.window_end + Duration::from_secs(1);
-    assert_eq!(store.claim("alice", other.s3object_id, &other.key, closed, LEASE).await.unwrap(), ClaimOutcome::Expired);
-    assert_eq!(store.outstanding("alice", closed).await.unwrap(), 0, "expired uploads are not outstanding");
+    assert_eq!(
+        store
+            .claim("alice", other.s3object_id, &other.key, closed, LEASE)
+            .await
+            .unwrap(),
+        ClaimOutcome::Expired
+    );
+    assert_eq!(
+        store.outstanding("alice", closed).await.unwrap(),
+        0,
+        "expired uploads are not outstanding"
+    );
 
     let remembered = other.window_end + REMEMBER - Duration::from_secs(1);
     assert!(store.purge(remembered).await.unwrap().is_empty());
     assert_eq!(
-        store.claim("alice", other.s3object_id, &other.key, remembered, LEASE).await.unwrap(),
+        store
+            .claim("alice", other.s3object_id, &other.key, remembered, LEASE)
+            .await
+            .unwrap(),
         ClaimOutcome::Expired
     );
 
     let forgotten = other.window_end + REMEMBER + Duration::from_secs(1);
     let purged = store.purge(forgotten).await.unwrap();
-    assert!(purged.iter().any(|u| u.s3object_id == other.s3object_id), "never-confirmed uploads are reported");
+    assert!(
+        purged.iter().any(|u| u.s3object_id == other.s3object_id),
+        "never-confirmed uploads are reported"
+    );
     assert_eq!(
-        store.claim("alice", other.s3object_id, &other.key, forgotten, LEASE).await.unwrap(),
+        store
+            .claim("alice", other.s3object_id, &other.key, forgotten, LEASE)
+            .await
+            .unwrap(),
         ClaimOutcome::NotFound
     );
     assert_eq!(store.len().await.unwrap(), 0);
@@ -168,16 +281,28 @@ pub async fn per_user_cap_counts_open_uploads_only(store: Arc<dyn UploadStore>) 
     store.record(first.clone(), 2, now).await.unwrap();
     store.record(upload("alice", now), 2, now).await.unwrap();
     assert_eq!(store.outstanding("alice", now).await.unwrap(), 2);
-    assert_eq!(store.record(upload("alice", now), 2, now).await, Err(StoreError::UserCapReached { limit: 2 }));
+    assert_eq!(
+        store.record(upload("alice", now), 2, now).await,
+        Err(StoreError::UserCapReached { limit: 2 })
+    );
     store.record(upload("bob", now), 2, now).await.unwrap();
 
-    let ClaimOutcome::Claimed { lease, .. } =
-        store.claim("alice", first.s3object_id, &first.key, now, LEASE).await.unwrap()
+    let ClaimOutcome::Claimed { lease, .. } = store
+        .claim("alice", first.s3object_id, &first.key, now, LEASE)
+        .await
+        .unwrap()
     else {
         panic!()
     };
-    assert_eq!(store.outstanding("alice", now).await.unwrap(), 2, "a claimed upload is still open");
-    store.consume(first.s3object_id, lease, answer()).await.unwrap();
+    assert_eq!(
+        store.outstanding("alice", now).await.unwrap(),
+        2,
+        "a claimed upload is still open"
+    );
+    store
+        .consume(first.s3object_id, lease, answer())
+        .await
+        .unwrap();
     store.record(upload("alice", now), 2, now).await.unwrap();
 }
 
@@ -188,16 +313,25 @@ pub async fn a_full_store_refuses_and_never_evicts_live_uploads(store: Arc<dyn U
     for up in &live {
         store.record(up.clone(), 10, now).await.unwrap();
     }
-    assert_eq!(store.record(upload("late", now), 10, now).await, Err(StoreError::Full));
+    assert_eq!(
+        store.record(upload("late", now), 10, now).await,
+        Err(StoreError::Full)
+    );
     for up in &live {
         assert!(matches!(
-            store.claim(&up.user, up.s3object_id, &up.key, now, LEASE).await.unwrap(),
+            store
+                .claim(&up.user, up.s3object_id, &up.key, now, LEASE)
+                .await
+                .unwrap(),
             ClaimOutcome::Claimed { .. }
         ));
     }
     // Once entries are past their memory, room is made by forgetting them.
     let much_later = now + Duration::from_secs(600) + REMEMBER + Duration::from_secs(1);
-    store.record(upload("late", much_later), 10, much_later).await.unwrap();
+    store
+        .record(upload("late", much_later), 10, much_later)
+        .await
+        .unwrap();
 }
 
 pub async fn concurrent_claims_have_one_winner(store: Arc<dyn UploadStore>) {
@@ -207,7 +341,11 @@ pub async fn concurrent_claims_have_one_winner(store: Arc<dyn UploadStore>) {
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (store, up) = (store.clone(), up.clone());
-        tasks.push(tokio::spawn(async move { store.claim("alice", up.s3object_id, &up.key, now, LEASE).await }));
+        tasks.push(tokio::spawn(async move {
+            store
+                .claim("alice", up.s3object_id, &up.key, now, LEASE)
+                .await
+        }));
     }
     let mut winners = 0;
     for task in tasks {
@@ -222,7 +360,9 @@ pub async fn concurrent_claims_have_one_winner(store: Arc<dyn UploadStore>) {
 
 pub async fn hostile_user_ids_do_not_collide(store: Arc<dyn UploadStore>) {
     let now = t0();
-    let users = ["a:b", "a", "a:b:c", "*", "a b", "ü", "", "a\nb", "{a}", "a}:{b"];
+    let users = [
+        "a:b", "a", "a:b:c", "*", "a b", "ü", "", "a\nb", "{a}", "a}:{b",
+    ];
     let mut uploads = Vec::new();
     for user in users {
         let up = upload(user, now);
@@ -230,11 +370,19 @@ pub async fn hostile_user_ids_do_not_collide(store: Arc<dyn UploadStore>) {
         uploads.push(up);
     }
     for (i, up) in uploads.iter().enumerate() {
-        assert_eq!(store.outstanding(users[i], now).await.unwrap(), 1, "{:?}", users[i]);
+        assert_eq!(
+            store.outstanding(users[i], now).await.unwrap(),
+            1,
+            "{:?}",
+            users[i]
+        );
         for (j, other) in users.iter().enumerate() {
             if i != j {
                 assert_eq!(
-                    store.claim(other, up.s3object_id, &up.key, now, LEASE).await.unwrap(),
+                    store
+                        .claim(other, up.s3object_id, &up.key, now, LEASE)
+                        .await
+                        .unwrap(),
                     ClaimOutcome::NotFound
                 );
             }
@@ -276,8 +424,15 @@ macro_rules! contract_suite {
 
 /// Every case runs with room to spare, except the one about a full store.
 fn limits_for(case: &str) -> StoreLimits {
-    let max_uploads = if case == "a_full_store_refuses_and_never_evicts_live_uploads" { 3 } else { 1000 };
-    StoreLimits { max_uploads, remember_expired: REMEMBER }
+    let max_uploads = if case == "a_full_store_refuses_and_never_evicts_live_uploads" {
+        3
+    } else {
+        1000
+    };
+    StoreLimits {
+        max_uploads,
+        remember_expired: REMEMBER,
+    }
 }
 
 contract_suite!(memory, |limits| Arc::new(MemoryStore::new(limits)));

@@ -119,4 +119,8 @@ pub trait UploadStore: Send + Sync + 'static {
 
     /// Entries held, all states together.
     async fn len(&self) -> Result<usize, StoreError>;
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len().await? == 0)
+    }
 }
