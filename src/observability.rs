@@ -141,7 +141,8 @@ pub async fn access_log(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// The audit trail: one event per step of an upload's life.
+/// The audit trail: one event per step of an upload's life. Uploads are named by `s3object_id`;
+/// their S3 key is not logged, as the upstream builds it around the (secret) business id.
 pub mod audit {
     use crate::store::IssuedUpload;
 
@@ -152,7 +153,6 @@ pub mod audit {
             request_id,
             user = ?upload.user,
             s3object_id = %upload.s3object_id,
-            key = ?upload.key,
             source = %upload.source,
             window_end = %upload.window_end,
             "upload issued"
@@ -166,7 +166,6 @@ pub mod audit {
             request_id,
             user = ?upload.user,
             s3object_id = %upload.s3object_id,
-            key = ?upload.key,
             "upload confirmed"
         );
     }
@@ -189,7 +188,6 @@ pub mod audit {
             event = "upload_expired",
             user = ?upload.user,
             s3object_id = %upload.s3object_id,
-            key = ?upload.key,
             "upload expired unconfirmed and was forgotten"
         );
     }

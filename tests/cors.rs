@@ -40,7 +40,12 @@ fn access_control_headers(response: &Response) -> Vec<String> {
         .collect()
 }
 
-fn presign_from(gw: &TestGateway, origin: &str, token: Option<&str>, query: &str) -> RequestBuilder {
+fn presign_from(
+    gw: &TestGateway,
+    origin: &str,
+    token: Option<&str>,
+    query: &str,
+) -> RequestBuilder {
     let request = gw
         .client
         .get(format!("{}{PRESIGN}?{query}", gw.url))
@@ -154,7 +159,10 @@ async fn a_preflight_is_answered_by_the_gateway_and_not_forwarded() {
             .request(Method::OPTIONS, format!("{}{path}", gw.url))
             .header("origin", APP)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization,content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
             .send()
             .await
             .unwrap();
@@ -225,7 +233,10 @@ async fn another_origin_gets_no_allow_origin() {
         .request(Method::OPTIONS, format!("{}{SUCCESS}", gw.url))
         .header("origin", EVIL)
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
         .send()
         .await
         .unwrap();
@@ -257,7 +268,10 @@ async fn no_origins_configured_means_no_cors_headers_at_all() {
         .request(Method::OPTIONS, format!("{}{SUCCESS}", gw.url))
         .header("origin", APP)
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
         .send()
         .await
         .unwrap();

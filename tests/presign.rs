@@ -171,8 +171,11 @@ async fn missing_fields_are_each_required() {
 
     // Empty values count as missing.
     let errors = field_errors(
-        gw.presign_query(&token, "contenttype=image%2Fpng&filename=&source=field_value")
-            .await,
+        gw.presign_query(
+            &token,
+            "contenttype=image%2Fpng&filename=&source=field_value",
+        )
+        .await,
     )
     .await;
     assert_eq!(errors, vec![pair("filename", "required")]);
@@ -223,7 +226,10 @@ async fn filename_rules() {
     let just_fits = format!("{}.pdf", "a".repeat(251));
     assert_eq!(just_fits.len(), 255);
     let response = gw
-        .presign_query(&token, &query("application%2Fpdf", &just_fits, "field_value"))
+        .presign_query(
+            &token,
+            &query("application%2Fpdf", &just_fits, "field_value"),
+        )
         .await;
     assert_eq!(response.status(), 200, "a 255-byte filename is accepted");
     assert_eq!(gw.forwarded(PRESIGN)[0].query_pairs()[1].1, just_fits);
@@ -265,7 +271,13 @@ async fn filename_rules() {
 async fn source_must_be_one_of_the_eleven_kizen_values() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice");
-    for bad in ["nope", "Field_Value", "field_value%20", "public_images", "%2A"] {
+    for bad in [
+        "nope",
+        "Field_Value",
+        "field_value%20",
+        "public_images",
+        "%2A",
+    ] {
         let response = gw
             .presign_query(&token, &query("image%2Fpng", "a.png", bad))
             .await;
@@ -305,7 +317,10 @@ async fn sources_outside_the_configured_allowlist_are_not_allowed() {
     let response = gw
         .presign_query(&token, &query("image%2Fpng", "a.png", "nope"))
         .await;
-    assert_eq!(field_errors(response).await, vec![pair("source", "invalid")]);
+    assert_eq!(
+        field_errors(response).await,
+        vec![pair("source", "invalid")]
+    );
     assert!(gw.forwarded(PRESIGN).is_empty());
 
     let response = gw
@@ -351,7 +366,11 @@ async fn content_type_allowlist() {
             "contenttype {value}"
         );
     }
-    assert_eq!(gw.forwarded(PRESIGN).len(), 3, "nothing refused was forwarded");
+    assert_eq!(
+        gw.forwarded(PRESIGN).len(),
+        3,
+        "nothing refused was forwarded"
+    );
 }
 
 #[tokio::test]
@@ -381,9 +400,16 @@ async fn the_rate_limit_refuses_the_fourth_presign_of_a_user() {
     assert_eq!(int_header(&response, "ratelimit-limit"), 3);
     assert_eq!(int_header(&response, "ratelimit-remaining"), 0);
     let reset = int_header(&response, "ratelimit-reset");
-    assert!(reset >= 1 && reset >= retry_after, "RateLimit-Reset {reset}");
+    assert!(
+        reset >= 1 && reset >= retry_after,
+        "RateLimit-Reset {reset}"
+    );
     assert_problem(response, 429, "rate_limited").await;
-    assert_eq!(gw.forwarded(PRESIGN).len(), 3, "the refused one is not forwarded");
+    assert_eq!(
+        gw.forwarded(PRESIGN).len(),
+        3,
+        "the refused one is not forwarded"
+    );
 
     // Another user has a budget of their own.
     let response = gw.presign(&gw.token("bob")).await;
@@ -407,7 +433,10 @@ async fn invalid_input_does_not_consume_the_budget() {
         let response = gw
             .presign_query(&alice, &query("png", "a.png", "field_value"))
             .await;
-        assert_eq!(field_errors(response).await, vec![pair("contenttype", "invalid")]);
+        assert_eq!(
+            field_errors(response).await,
+            vec![pair("contenttype", "invalid")]
+        );
     }
     for expected_remaining in [2, 1, 0] {
         let response = gw.presign(&alice).await;
@@ -431,8 +460,17 @@ async fn the_outstanding_cap_holds_until_an_upload_is_confirmed() {
     let first = gw.issue(&alice).await;
     let _second = gw.issue(&alice).await;
 
-    assert_problem(gw.presign(&alice).await, 429, "too_many_outstanding_uploads").await;
-    assert_eq!(gw.forwarded(PRESIGN).len(), 2, "the refused one is not forwarded");
+    assert_problem(
+        gw.presign(&alice).await,
+        429,
+        "too_many_outstanding_uploads",
+    )
+    .await;
+    assert_eq!(
+        gw.forwarded(PRESIGN).len(),
+        2,
+        "the refused one is not forwarded"
+    );
 
     // Another user has a cap of their own.
     let bob = gw.token("bob");
@@ -445,7 +483,12 @@ async fn the_outstanding_cap_holds_until_an_upload_is_confirmed() {
     assert_eq!(gw.forwarded(PRESIGN).len(), 4);
 
     // Back at two outstanding: refused again.
-    assert_problem(gw.presign(&alice).await, 429, "too_many_outstanding_uploads").await;
+    assert_problem(
+        gw.presign(&alice).await,
+        429,
+        "too_many_outstanding_uploads",
+    )
+    .await;
     assert_eq!(gw.forwarded(PRESIGN).len(), 4);
 }
 
@@ -459,7 +502,8 @@ async fn an_upstream_400_passes_through_and_nothing_is_recorded() {
         .with_store(store.clone())
         .start()
         .await;
-    let upstream_body = r#"{"detail": {"filename": "Ensure this field has no more than 100 characters."}}"#;
+    let upstream_body =
+        r#"{"detail": {"filename": "Ensure this field has no more than 100 characters."}}"#;
     gw.standin.script(
         Endpoint::Presign,
         Scripted::Respond {
