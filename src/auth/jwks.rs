@@ -32,6 +32,8 @@ struct JwksDocument {
 impl JwksCache {
     pub fn new(config: &JwksConfig, url: &str, rules: ClaimRules) -> Result<Self, String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("auth.jwks.url: {e}"))?;
+        // Built before the upstream client: the provider must be installed here too.
+        crate::upstream::install_crypto_provider();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.fetch_timeout)

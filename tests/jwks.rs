@@ -1,0 +1,461 @@
+//! Keys from a JWKS endpoint: a small JWKS server in the test serves a key set that can be swapped
+//! at run time and counts its fetches. The gateway fetches once at start, refetches when a token
+//! names an unknown `kid` (at most once per cooldown), keeps the last good set when a fetch fails,
+//! and never takes a symmetric key or lets a token pick another algorithm than the key's.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use common::*;
+use jsonwebtoken::{
+    Algorithm, EncodingKey,
+    jwk::{Jwk, PublicKeyUse},
+};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::watch};
+
+const CHALLENGE: &str = "Bearer error=\"invalid_token\"";
+const SYMMETRIC_SECRET: &[u8] = b"jwks-symmetric-secret-0123456789abcdef";
+
+/// What the JWKS endpoint answers.
+#[derive(Clone)]
+enum Answer {
+    /// 200 with this JWKS document.
+    Document(Value),
+    /// This status, empty body.
+    Status(u16),
+    /// 200, `application/json`, with this (not necessarily JSON) body.
+    Raw(&'static str),
+}
+
+#[derive(Clone)]
+struct Shared {
+    answer: Arc<Mutex<Answer>>,
+    fetches: Arc<AtomicUsize>,
+    fetched: Arc<watch::Sender<usize>>,
+}
+
+/// The test's identity provider: `GET /jwks` answers the current [`Answer`].
+struct JwksServer {
+    url: String,
+    shared: Shared,
+    fetched: watch::Receiver<usize>,
+}
+
+async fn jwks_endpoint(State(shared): State<Shared>) -> Response {
+    // Counted before answering: when the gateway has the answer, the count includes its fetch.
+    let count = shared.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.fetched.send_replace(count);
+    let answer = shared.answer.lock().unwrap().clone();
+    match answer {
+        Answer::Document(document) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            document.to_string(),
+        )
+            .into_response(),
+        Answer::Status(status) => StatusCode::from_u16(status).unwrap().into_response(),
+        Answer::Raw(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+    }
+}
+
+impl JwksServer {
+    async fn start(keys: Vec<Value>) -> Self {
+        let (sender, fetched) = watch::channel(0);
+        let shared = Shared {
+            answer: Arc::new(Mutex::new(Answer::Document(json!({ "keys": keys })))),
+            fetches: Arc::new(AtomicUsize::new(0)),
+            fetched: Arc::new(sender),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let router = Router::new()
+            .route("/jwks", get(jwks_endpoint))
+            .with_state(shared.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self {
+            url,
+            shared,
+            fetched,
+        }
+    }
+
+    fn serve_keys(&self, keys: Vec<Value>) {
+        self.answer(Answer::Document(json!({ "keys": keys })));
+    }
+
+    fn answer(&self, answer: Answer) {
+        *self.shared.answer.lock().unwrap() = answer;
+    }
+
+    fn fetches(&self) -> usize {
+        self.shared.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Awaits the `count`th fetch (with a generous deadline so that a bug fails, not hangs).
+    async fn wait_for_fetches(&self, count: usize) {
+        let mut fetched = self.fetched.clone();
+        tokio::time::timeout(Duration::from_secs(10), fetched.wait_for(|&n| n >= count))
+            .await
+            .unwrap_or_else(|_| panic!("the JWKS was not fetched {count} times"))
+            .unwrap();
+    }
+
+    /// A JWKS-only gateway in front of this endpoint, after its start-up fetch.
+    async fn gateway(&self, refetch_cooldown: &str) -> TestGateway {
+        let gw = TestGateway::builder()
+            .without_static_keys()
+            .with_config(&format!(
+                "[auth.jwks]\nurl = \"{}\"\nrefetch_cooldown = \"{refetch_cooldown}\"\nrefresh_interval = \"1h\"\n",
+                self.url
+            ))
+            .start()
+            .await;
+        self.wait_for_fetches(1).await;
+        assert_eq!(self.fetches(), 1, "one fetch at start");
+        gw
+    }
+}
+
+/// The public JWK of a fixture private key, with `alg`, `use` = sig and `kid`.
+fn jwk(algorithm: Algorithm, private_file: &str, kid: &str) -> Value {
+    let mut jwk = Jwk::from_encoding_key(&private_key(algorithm, private_file), algorithm)
+        .expect("a JWK from the fixture key");
+    jwk.common.key_id = Some(kid.to_owned());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    let value = serde_json::to_value(&jwk).unwrap();
+    assert!(value.get("d").is_none(), "no private part in the JWK");
+    value
+}
+
+fn rsa_jwk(kid: &str) -> Value {
+    jwk(Algorithm::RS256, "rsa-private.pem", kid)
+}
+
+fn rsa2_jwk(kid: &str) -> Value {
+    jwk(Algorithm::RS256, "rsa2-private.pem", kid)
+}
+
+fn ec_jwk(kid: &str) -> Value {
+    jwk(Algorithm::ES256, "ec256-private.pem", kid)
+}
+
+fn claims(sub: &str) -> Value {
+    json!({ "sub": sub, "iat": now(), "exp": now() + 3600 })
+}
+
+fn token(algorithm: Algorithm, private_file: &str, kid: Option<&str>, sub: &str) -> String {
+    sign(
+        algorithm,
+        &private_key(algorithm, private_file),
+        kid,
+        &claims(sub),
+    )
+}
+
+fn rsa_token(kid: &str) -> String {
+    token(Algorithm::RS256, "rsa-private.pem", Some(kid), "alice")
+}
+
+fn rsa2_token(kid: &str) -> String {
+    token(Algorithm::RS256, "rsa2-private.pem", Some(kid), "alice")
+}
+
+fn ec_token(kid: &str) -> String {
+    token(Algorithm::ES256, "ec256-private.pem", Some(kid), "alice")
+}
+
+/// Presigns with `token`, asserts the 200 and exactly one more forwarded presign.
+async fn accepted(gw: &TestGateway, token: &str) {
+    let before = gw.forwarded(PRESIGN).len();
+    let response = gw.presign(token).await;
+    assert_eq!(response.status(), 200, "token refused");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["s3object_id"].is_string(), "an issued upload: {body}");
+    assert_eq!(
+        gw.forwarded(PRESIGN).len(),
+        before + 1,
+        "one presign forwarded"
+    );
+}
+
+/// Asserts a 401 with the challenge and `code`, and a body that does not echo the token.
+async fn assert_unauthorized(response: reqwest::Response, code: &str, token: &str) {
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some(CHALLENGE)
+    );
+    let body = assert_problem(response, 401, code).await.to_string();
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!body.contains(token), "the body echoes the token");
+    assert!(!body.contains(signature), "the body echoes the signature");
+}
+
+/// Presigns with `token`, asserts the 401 `code` and nothing more forwarded.
+async fn rejected(gw: &TestGateway, token: &str, code: &str) {
+    let before = gw.forwarded(PRESIGN).len();
+    let response = gw.presign(token).await;
+    assert_unauthorized(response, code, token).await;
+    assert_eq!(
+        gw.forwarded(PRESIGN).len(),
+        before,
+        "a rejected request was forwarded"
+    );
+}
+
+#[tokio::test]
+async fn tokens_whose_kid_is_in_the_set_are_accepted() {
+    let jwks = JwksServer::start(vec![
+        rsa_jwk("rsa-1"),
+        ec_jwk("ec-1"),
+        jwk(Algorithm::ES384, "ec384-private.pem", "ec384-1"),
+        jwk(Algorithm::EdDSA, "ed25519-private.pem", "ed-1"),
+    ])
+    .await;
+    let gw = jwks.gateway("30s").await;
+
+    accepted(&gw, &rsa_token("rsa-1")).await;
+    accepted(&gw, &ec_token("ec-1")).await;
+    accepted(
+        &gw,
+        &token(
+            Algorithm::ES384,
+            "ec384-private.pem",
+            Some("ec384-1"),
+            "bob",
+        ),
+    )
+    .await;
+    accepted(
+        &gw,
+        &token(
+            Algorithm::EdDSA,
+            "ed25519-private.pem",
+            Some("ed-1"),
+            "carol",
+        ),
+    )
+    .await;
+    assert_eq!(jwks.fetches(), 1, "known kids need no refetch");
+
+    // A known kid does not make another key's signature good.
+    rejected(&gw, &rsa2_token("rsa-1"), "token_bad_signature").await;
+    let es_under_rsa_kid = token(Algorithm::ES256, "ec256-private.pem", Some("rsa-1"), "eve");
+    rejected(&gw, &es_under_rsa_kid, "token_unknown_key").await;
+    // Every key in the set has a kid: a token without one matches none (and refetches nothing).
+    let no_kid = token(Algorithm::RS256, "rsa-private.pem", None, "alice");
+    rejected(&gw, &no_kid, "token_unknown_key").await;
+    assert_eq!(jwks.fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_picked_up_by_one_refetch_and_the_old_one_dropped() {
+    let jwks = JwksServer::start(vec![rsa_jwk("rsa-1")]).await;
+    let gw = jwks.gateway("1h").await;
+    accepted(&gw, &rsa_token("rsa-1")).await;
+
+    // The identity provider rotates: the set now holds only a new key with a new kid.
+    jwks.serve_keys(vec![rsa2_jwk("rsa-2")]);
+    accepted(&gw, &rsa2_token("rsa-2")).await;
+    assert_eq!(jwks.fetches(), 2, "exactly one refetch, on the unknown kid");
+
+    // The cache was replaced whole: the old kid is gone, and within the cooldown it is not
+    // refetched for.
+    rejected(&gw, &rsa_token("rsa-1"), "token_unknown_key").await;
+    assert_eq!(jwks.fetches(), 2);
+    accepted(&gw, &rsa2_token("rsa-2")).await;
+    assert_eq!(jwks.fetches(), 2);
+}
+
+#[tokio::test]
+async fn unknown_kids_refetch_at_most_once_per_cooldown() {
+    let jwks = JwksServer::start(vec![rsa_jwk("rsa-1")]).await;
+    let gw = jwks.gateway("1h").await;
+
+    // Concurrent tokens with unknown kids: one refetch between them.
+    let (a, b, c) = (
+        rsa_token("ghost-a"),
+        rsa_token("ghost-b"),
+        rsa_token("ghost-c"),
+    );
+    let (ra, rb, rc) = tokio::join!(gw.presign(&a), gw.presign(&b), gw.presign(&c));
+    for (response, token) in [(ra, &a), (rb, &b), (rc, &c)] {
+        assert_unauthorized(response, "token_unknown_key", token).await;
+    }
+    assert!(gw.forwarded(PRESIGN).is_empty());
+    assert_eq!(jwks.fetches(), 2, "one refetch for three unknown kids");
+
+    for kid in ["ghost-d", "ghost-e", "ghost-f"] {
+        rejected(&gw, &rsa_token(kid), "token_unknown_key").await;
+    }
+    assert_eq!(jwks.fetches(), 2, "no refetch within the cooldown");
+
+    // Even a kid the endpoint now serves waits for the cooldown (or the background refresh).
+    jwks.serve_keys(vec![rsa_jwk("rsa-1"), rsa2_jwk("late")]);
+    rejected(&gw, &rsa2_token("late"), "token_unknown_key").await;
+    assert_eq!(jwks.fetches(), 2);
+
+    // The cached set still serves.
+    accepted(&gw, &rsa_token("rsa-1")).await;
+    assert_eq!(gw.forwarded(PRESIGN).len(), 1);
+}
+
+#[tokio::test]
+async fn zero_cooldown_refetches_for_every_unknown_kid() {
+    let jwks = JwksServer::start(vec![rsa_jwk("rsa-1")]).await;
+    let gw = jwks.gateway("0s").await;
+
+    for (i, kid) in ["ghost-a", "ghost-b", "ghost-c"].into_iter().enumerate() {
+        rejected(&gw, &rsa_token(kid), "token_unknown_key").await;
+        assert_eq!(jwks.fetches(), 2 + i, "one refetch per unknown kid");
+    }
+    // The same unknown kid again: again a refetch.
+    rejected(&gw, &rsa_token("ghost-a"), "token_unknown_key").await;
+    assert_eq!(jwks.fetches(), 5);
+    assert!(gw.forwarded(PRESIGN).is_empty());
+
+    jwks.serve_keys(vec![rsa_jwk("rsa-1"), ec_jwk("ec-new")]);
+    accepted(&gw, &ec_token("ec-new")).await;
+    assert_eq!(jwks.fetches(), 6);
+    accepted(&gw, &rsa_token("rsa-1")).await;
+    assert_eq!(jwks.fetches(), 6, "known kids need no refetch");
+}
+
+#[tokio::test]
+async fn a_failed_fetch_keeps_the_last_good_key_set() {
+    let jwks = JwksServer::start(vec![rsa_jwk("rsa-1"), ec_jwk("ec-1")]).await;
+    let gw = jwks.gateway("0s").await;
+    accepted(&gw, &rsa_token("rsa-1")).await;
+
+    let mut encryption_only = rsa2_jwk("enc-key");
+    encryption_only["use"] = json!("enc");
+    let failures = [
+        Answer::Status(500),
+        Answer::Status(404),
+        Answer::Raw("{not json"),
+        Answer::Raw("{\"keys\": \"none\"}"),
+        Answer::Document(json!({ "keys": [] })),
+        // Only keys that cannot be used: one without its modulus, one for encryption.
+        Answer::Document(json!({ "keys": [{ "kty": "RSA", "kid": "broken", "e": "AQAB" }] })),
+        Answer::Document(json!({ "keys": [encryption_only] })),
+    ];
+    let mut expected_fetches = 1;
+    for (i, failure) in failures.into_iter().enumerate() {
+        jwks.answer(failure);
+        rejected(&gw, &rsa_token(&format!("ghost-{i}")), "token_unknown_key").await;
+        expected_fetches += 1;
+        assert_eq!(jwks.fetches(), expected_fetches, "failure {i}: refetched");
+        // Both cached keys still verify.
+        accepted(&gw, &rsa_token("rsa-1")).await;
+        accepted(&gw, &ec_token("ec-1")).await;
+        assert_eq!(jwks.fetches(), expected_fetches);
+    }
+
+    // Once the endpoint recovers, its new set replaces the cached one.
+    jwks.serve_keys(vec![rsa2_jwk("rsa-2")]);
+    accepted(&gw, &rsa2_token("rsa-2")).await;
+    assert_eq!(jwks.fetches(), expected_fetches + 1);
+    rejected(&gw, &rsa_token("rsa-1"), "token_unknown_key").await;
+}
+
+#[tokio::test]
+async fn symmetric_and_non_signature_keys_from_the_jwks_are_never_used() {
+    let symmetric = EncodingKey::from_secret(SYMMETRIC_SECRET);
+    let mut oct = Jwk::from_encoding_key(&symmetric, Algorithm::HS256).unwrap();
+    oct.common.key_id = Some("sym".into());
+    let oct = serde_json::to_value(&oct).unwrap();
+    assert_eq!(oct["kty"], "oct");
+    assert_eq!(oct["k"], URL_SAFE_NO_PAD.encode(SYMMETRIC_SECRET));
+    let mut oct_without_alg = oct.clone();
+    oct_without_alg["kid"] = json!("sym-no-alg");
+    oct_without_alg.as_object_mut().unwrap().remove("alg");
+    let mut encryption = rsa2_jwk("enc-key");
+    encryption["use"] = json!("enc");
+
+    let jwks = JwksServer::start(vec![oct, oct_without_alg, encryption, rsa_jwk("rsa-1")]).await;
+    let gw = jwks.gateway("1h").await;
+    // The document was taken: its RSA key works.
+    accepted(&gw, &rsa_token("rsa-1")).await;
+
+    for kid in [Some("sym"), Some("sym-no-alg"), None] {
+        let forged = sign(Algorithm::HS256, &symmetric, kid, &claims("mallory"));
+        rejected(&gw, &forged, "token_unknown_key").await;
+    }
+    rejected(&gw, &rsa2_token("enc-key"), "token_unknown_key").await;
+    assert_eq!(gw.forwarded(PRESIGN).len(), 1);
+}
+
+#[tokio::test]
+async fn a_jwk_alg_pins_the_algorithm() {
+    let mut ps_jwk = rsa2_jwk("ps-1");
+    ps_jwk["alg"] = json!("PS256");
+    let jwks = JwksServer::start(vec![rsa_jwk("rs-1"), ps_jwk]).await;
+    let gw = jwks.gateway("30s").await;
+
+    // An RS256 signature relabelled as PS256 under the RS256 key's kid.
+    let original = rsa_token("rs-1");
+    let (_, rest) = original.split_once('.').unwrap();
+    let relabelled_header = json!({ "alg": "PS256", "typ": "JWT", "kid": "rs-1" });
+    let relabelled = format!(
+        "{}.{rest}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&relabelled_header).unwrap())
+    );
+    rejected(&gw, &relabelled, "token_unknown_key").await;
+    // A genuine PS256 signature by the same RSA key: still not the key's algorithm.
+    let ps_by_rs_key = token(Algorithm::PS256, "rsa-private.pem", Some("rs-1"), "alice");
+    rejected(&gw, &ps_by_rs_key, "token_unknown_key").await;
+    // And the other way round: the PS256 key does not verify RS256.
+    let rs_by_ps_key = token(Algorithm::RS256, "rsa2-private.pem", Some("ps-1"), "alice");
+    rejected(&gw, &rs_by_ps_key, "token_unknown_key").await;
+    assert_eq!(jwks.fetches(), 1, "known kids: no refetch");
+    assert!(gw.forwarded(PRESIGN).is_empty());
+
+    accepted(&gw, &original).await;
+    accepted(
+        &gw,
+        &token(Algorithm::PS256, "rsa2-private.pem", Some("ps-1"), "bob"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rsa_keys_without_alg_get_the_configured_rsa_algorithm() {
+    let mut rs_jwk = rsa_jwk("rs-1");
+    rs_jwk.as_object_mut().unwrap().remove("alg");
+    let jwks = JwksServer::start(vec![rs_jwk]).await;
+    let gw = TestGateway::builder()
+        .without_static_keys()
+        .with_config(&format!(
+            "[auth.jwks]\nurl = \"{}\"\nrsa_algorithm = \"PS256\"\nrefresh_interval = \"1h\"\n",
+            jwks.url
+        ))
+        .start()
+        .await;
+    jwks.wait_for_fetches(1).await;
+
+    rejected(&gw, &rsa_token("rs-1"), "token_unknown_key").await;
+    accepted(
+        &gw,
+        &token(Algorithm::PS256, "rsa-private.pem", Some("rs-1"), "alice"),
+    )
+    .await;
+    assert_eq!(jwks.fetches(), 1);
+}
