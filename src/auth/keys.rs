@@ -232,6 +232,10 @@ pub fn key_from_jwk(
         return Err("not a signature key (`use` is not \"sig\")".into());
     }
     let by_shape = match &jwk.algorithm {
+        // 2048 bits is 342 base64url characters; anything shorter is broken or weak.
+        AlgorithmParameters::RSA(rsa) if rsa.n.len() < 342 || rsa.e.is_empty() => {
+            return Err("RSA modulus shorter than 2048 bits".into());
+        }
         AlgorithmParameters::RSA(_) => rsa_default,
         AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
             EllipticCurve::P256 => Algorithm::ES256,
