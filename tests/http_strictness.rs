@@ -209,7 +209,11 @@ async fn ambiguous_body_framing_is_refused() {
         )
     );
     let answer = raw_http(gw.addr, conflicting.as_bytes()).await;
-    assert_eq!(raw_status(&answer), 400, "conflicting Content-Length: {answer}");
+    assert_eq!(
+        raw_status(&answer),
+        400,
+        "conflicting Content-Length: {answer}"
+    );
 
     // Content-Length with chunked Transfer-Encoding, in both orders.
     let chunked = format!("{len:x}\r\n{form}\r\n0\r\n\r\n");
@@ -312,8 +316,10 @@ async fn beyond_the_concurrency_limit_the_gateway_sheds_load() {
         .start()
         .await;
     let token = gw.token("alice");
-    gw.standin
-        .script(kizen_gateway::standin::Endpoint::Presign, kizen_gateway::standin::Scripted::Hang);
+    gw.standin.script(
+        kizen_gateway::standin::Endpoint::Presign,
+        kizen_gateway::standin::Scripted::Hang,
+    );
 
     let first = {
         let client = gw.client.clone();
@@ -336,8 +342,30 @@ async fn beyond_the_concurrency_limit_the_gateway_sheds_load() {
     );
     assert_problem(response, 503, "overloaded").await;
     assert!(!first.is_finished(), "the first request is still pending");
-    assert_eq!(gw.forwarded(PRESIGN).len(), 1, "the shed request was not forwarded");
+    assert_eq!(
+        gw.forwarded(PRESIGN).len(),
+        1,
+        "the shed request was not forwarded"
+    );
     first.abort();
+}
+
+/// Reads until the server ends the connection; `None` if it is still open after `bound` (an
+/// upper bound, not a synchronisation).
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, bound: Duration) -> Option<String> {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(bound, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&answer).into_owned())
 }
 
 #[tokio::test]
@@ -353,27 +381,50 @@ async fn a_slow_head_is_cut_off_by_the_header_read_timeout() {
     );
     stream.write_all(partial.as_bytes()).await.unwrap();
     let started = Instant::now();
-
-    // Upper bound only: the server ends the connection on its own, well before this.
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "the connection was still open after 5 s");
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the connection was still open after 5 s");
     assert!(
         started.elapsed() >= Duration::from_millis(150),
         "closed before the timeout could have fired: {:?}",
         started.elapsed()
     );
-    let answer = String::from_utf8_lossy(&answer);
     assert_ne!(raw_status(&answer), 200, "{answer}");
     assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
     assert_nothing_forwarded(&gw, "slow head");
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_cut_off_by_the_header_read_timeout() {
+    let gw = TestGateway::builder()
+        .with_config("[server]\nheader_read_timeout = \"200ms\"")
+        .start()
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("a silent connection was still open after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_cut_off_too() {
+    let gw = TestGateway::builder()
+        .with_config("[server]\nheader_read_timeout = \"200ms\"")
+        .start()
+        .await;
+    let token = gw.token("alice");
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let first = format!(
+        "GET {PRESIGN}?{DEFAULT_QUERY} HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(first.as_bytes()).await.unwrap();
+    // The first request is answered and the connection kept alive; then the client goes quiet.
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("an idle keep-alive connection was still open after 5 s");
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert_eq!(gw.forwarded(PRESIGN).len(), 1);
 }

@@ -357,7 +357,9 @@ async fn a_failed_fetch_keeps_the_last_good_key_set() {
         Answer::Document(json!({ "keys": [{ "kty": "RSA", "kid": "broken", "e": "AQAB" }] })),
         // Empty or short moduli parse as keys but verify nothing: refused like a failure.
         Answer::Document(json!({ "keys": [{ "kty": "RSA", "kid": "empty", "n": "", "e": "" }] })),
-        Answer::Document(json!({ "keys": [{ "kty": "RSA", "kid": "short", "n": "AQAB", "e": "AQAB" }] })),
+        Answer::Document(
+            json!({ "keys": [{ "kty": "RSA", "kid": "short", "n": "AQAB", "e": "AQAB" }] }),
+        ),
         Answer::Document(json!({ "keys": [encryption_only] })),
     ];
     let mut expected_fetches = 1;
