@@ -22,9 +22,9 @@ use crate::{
     error::GatewayError,
     http_guard,
     observability::{self, X_REQUEST_ID},
-    rate_limit::PresignLimiter,
+    rate_limit::{MemoryLimiter, PresignLimiter, RateLimit, RedisLimiter},
     routes,
-    store::{MemoryStore, StoreLimits, UploadStore},
+    store::{MemoryStore, RedisSettings, RedisStore, StoreLimits, UploadStore},
     upstream::{PRESIGN_PATH, SUCCESS_PATH, UpstreamClient},
 };
 
@@ -33,7 +33,7 @@ pub struct App {
     pub verifier: Verifier,
     pub upstream: UpstreamClient,
     pub store: Arc<dyn UploadStore>,
-    pub presign_limiter: PresignLimiter,
+    pub presign_limiter: Arc<dyn PresignLimiter>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -49,30 +49,74 @@ impl Deref for AppState {
 }
 
 impl App {
-    /// Builds every part from the configuration: keys parsed, secrets loaded, client pooled.
-    /// Errors name the option at fault.
-    pub fn from_config(config: Config) -> Result<Self, String> {
-        let store: Arc<dyn UploadStore> = match config.store.kind {
-            StoreKind::Memory => Arc::new(MemoryStore::new(StoreLimits {
-                max_uploads: config.store.max_uploads,
-                remember_expired: config.confirm.remember_expired,
-            })),
-        };
-        Self::with_parts(config, store, Arc::new(SystemClock))
+    /// Builds every part from the configuration: keys parsed, secrets loaded, client pooled,
+    /// store connected. Errors name the option at fault.
+    pub async fn from_config(config: Config) -> Result<Self, String> {
+        Self::from_config_with_clock(config, Arc::new(SystemClock)).await
     }
 
-    /// Like [`App::from_config`] with a given store and clock (tests, embedding).
+    /// Like [`App::from_config`] with a given clock (tests move time by hand).
+    pub async fn from_config_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        let limits = StoreLimits {
+            max_uploads: config.store.max_uploads,
+            remember_expired: config.confirm.remember_expired,
+        };
+        let rate = RateLimit {
+            burst: config.presign.rate_limit_burst,
+            period: config.presign.rate_limit_period,
+        };
+        let (store, limiter): (Arc<dyn UploadStore>, Arc<dyn PresignLimiter>) =
+            match config.store.kind {
+                StoreKind::Memory => (
+                    Arc::new(MemoryStore::new(limits)),
+                    Arc::new(MemoryLimiter::new(rate)),
+                ),
+                StoreKind::Redis => {
+                    let redis = &config.store.redis;
+                    let settings = RedisSettings {
+                        urls: redis.urls.clone(),
+                        cluster: redis.cluster,
+                        password: match &redis.password {
+                            Some(source) => Some(
+                                source
+                                    .load()
+                                    .map_err(|e| format!("store.redis.password: {e}"))?,
+                            ),
+                            None => None,
+                        },
+                        prefix: redis.prefix.clone(),
+                        operation_timeout: redis.operation_timeout,
+                    };
+                    let store = RedisStore::connect(&settings, limits).await?;
+                    let key_store = store.key_builder();
+                    let limiter = RedisLimiter::new(
+                        store.connection(),
+                        move |user| key_store.user_key(user, "rate"),
+                        rate,
+                        redis.operation_timeout,
+                    );
+                    (Arc::new(store), Arc::new(limiter))
+                }
+            };
+        Self::with_parts(config, store, limiter, clock)
+    }
+
+    /// Assembles an app from given parts (tests, embedding).
     pub fn with_parts(
         config: Config,
         store: Arc<dyn UploadStore>,
+        presign_limiter: Arc<dyn PresignLimiter>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
-        let verifier = Verifier::new(&config.auth, config.upstream.user_id_claim.clone())?;
+        let verifier = Verifier::new(
+            &config.auth,
+            config.upstream.user_id_claim.clone(),
+            config.quotas.tier_claim.clone(),
+        )?;
         let upstream = UpstreamClient::new(&config.upstream)?;
-        let presign_limiter = PresignLimiter::new(
-            config.presign.rate_limit_burst,
-            config.presign.rate_limit_period,
-        );
         Ok(Self {
             config,
             verifier,

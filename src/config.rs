@@ -28,6 +28,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub presign: PresignConfig,
     pub confirm: ConfirmConfig,
+    pub quotas: crate::quota::QuotaConfig,
     pub store: StoreConfig,
 }
 
@@ -130,7 +131,6 @@ pub struct PresignConfig {
     pub rate_limit_burst: u32,
     #[serde(with = "humantime_serde")]
     pub rate_limit_period: Duration,
-    pub max_outstanding_per_user: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,12 +155,25 @@ pub struct StoreConfig {
     pub max_uploads: usize,
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    pub redis: RedisConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub password: Option<SecretSource>,
+    pub prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
 }
 
 /// The eleven `source` values the Kizen API accepts.
@@ -364,10 +377,7 @@ impl Config {
             return Err(invalid("presign.rate_limit_burst", "must be at least 1"));
         }
         nonzero("presign.rate_limit_period", p.rate_limit_period)?;
-        positive(
-            "presign.max_outstanding_per_user",
-            p.max_outstanding_per_user,
-        )?;
+        self.quotas.validate().map_err(ConfigError)?;
 
         let c = &self.confirm;
         nonzero("confirm.max_window", c.max_window)?;
@@ -387,6 +397,39 @@ impl Config {
 
         positive("store.max_uploads", self.store.max_uploads)?;
         nonzero("store.sweep_interval", self.store.sweep_interval)?;
+        let r = &self.store.redis;
+        if self.store.kind == StoreKind::Redis {
+            if r.urls.is_empty() || (!r.cluster && r.urls.len() > 1) {
+                return Err(invalid(
+                    "store.redis.urls",
+                    "give one URL, or the seed nodes of a cluster with store.redis.cluster = true",
+                ));
+            }
+            for url in &r.urls {
+                let parsed = reqwest::Url::parse(url)
+                    .map_err(|e| invalid("store.redis.urls", format!("{url:?}: {e}")))?;
+                if !matches!(parsed.scheme(), "redis" | "rediss") || parsed.host_str().is_none() {
+                    return Err(invalid(
+                        "store.redis.urls",
+                        format!("{url:?} must be a redis:// or rediss:// URL"),
+                    ));
+                }
+                if parsed.password().is_some() {
+                    // The URL is printed in errors and Debug output: keep the secret apart.
+                    return Err(invalid(
+                        "store.redis.urls",
+                        "put the password in store.redis.password, not in the URL",
+                    ));
+                }
+            }
+        }
+        if r.prefix.is_empty() || r.prefix.contains(['{', '}']) {
+            return Err(invalid(
+                "store.redis.prefix",
+                "must be non-empty and without { or }",
+            ));
+        }
+        nonzero("store.redis.operation_timeout", r.operation_timeout)?;
         Ok(())
     }
 }

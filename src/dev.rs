@@ -67,7 +67,7 @@ pub async fn setup(gateway_addr: SocketAddr, standin_addr: SocketAddr) -> Result
         "#
     ))
     .map_err(|e| e.to_string())?;
-    let app = App::from_config(config)?;
+    let app = App::from_config(config).await?;
 
     let standin = Standin::new(StandinConfig {
         api_key,

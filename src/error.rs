@@ -10,7 +10,12 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{auth::AuthFailure, observability::Outcome, rate_limit::RateLimitHeaders};
+use crate::{
+    auth::AuthFailure,
+    observability::Outcome,
+    quota::{QuotaExceeded, QuotaKind},
+    rate_limit::RateLimitHeaders,
+};
 
 /// One invalid input field.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -66,7 +71,7 @@ pub enum GatewayError {
     #[error("rate limited")]
     RateLimited(RateLimitHeaders),
     #[error("too many outstanding uploads")]
-    TooManyOutstandingUploads { limit: usize },
+    QuotaExceeded(QuotaExceeded),
     #[error("upload not found")]
     UploadNotFound,
     #[error("key mismatch")]
@@ -101,6 +106,19 @@ struct Problem<'a> {
     detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<FieldError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<QuotaProblem>,
+}
+
+/// The quota a refused presign would exceed (a problem extension member).
+#[derive(Serialize)]
+struct QuotaProblem {
+    name: &'static str,
+    tier: String,
+    limit: u64,
+    /// RFC 3339; absent for the outstanding-uploads cap, which frees up as uploads settle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resets_at: Option<String>,
 }
 
 impl GatewayError {
@@ -113,7 +131,7 @@ impl GatewayError {
             MalformedRequest { .. } | InvalidInput(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RateLimited(_) | TooManyOutstandingUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited(_) | QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             KeyMismatch => StatusCode::FORBIDDEN,
             UploadExpired => StatusCode::GONE,
             ConfirmationInProgress | AlreadyConfirmed => StatusCode::CONFLICT,
@@ -136,7 +154,11 @@ impl GatewayError {
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
             RateLimited(_) => "rate_limited",
-            TooManyOutstandingUploads { .. } => "too_many_outstanding_uploads",
+            QuotaExceeded(q) => match q.kind {
+                QuotaKind::Outstanding => "too_many_outstanding_uploads",
+                QuotaKind::UploadsPerDay => "daily_upload_quota_exceeded",
+                QuotaKind::BytesPerDay => "daily_byte_quota_exceeded",
+            },
             UploadNotFound => "upload_not_found",
             KeyMismatch => "key_mismatch",
             UploadExpired => "upload_expired",
@@ -175,9 +197,18 @@ impl GatewayError {
                 "too many presign requests; retry in {} s",
                 headers.retry_after.map(|d| d.as_secs().max(1)).unwrap_or(1)
             ),
-            TooManyOutstandingUploads { limit } => format!(
-                "you have {limit} uploads that are issued but not confirmed; confirm or let them expire first"
-            ),
+            QuotaExceeded(q) => match q.kind {
+                QuotaKind::Outstanding => format!(
+                    "you have {} uploads that are issued but not confirmed; confirm or let them expire first",
+                    q.limit
+                ),
+                QuotaKind::UploadsPerDay => {
+                    format!("your tier allows {} confirmed uploads per day", q.limit)
+                }
+                QuotaKind::BytesPerDay => {
+                    format!("your tier allows {} confirmed bytes per day", q.limit)
+                }
+            },
             UploadNotFound => "no upload with this uuid was issued to you".into(),
             KeyMismatch => "key is not the key issued for this upload".into(),
             UploadExpired => {
@@ -221,6 +252,16 @@ impl GatewayError {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             GatewayError::RateLimited(limit) => limit.write(headers),
+            GatewayError::QuotaExceeded(QuotaExceeded {
+                resets_at: Some(at),
+                ..
+            }) => {
+                let wait = (*at - time::OffsetDateTime::now_utc()).max(time::Duration::SECOND);
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.whole_seconds().max(1) as u64),
+                );
+            }
             GatewayError::ConfirmationInProgress | GatewayError::Overloaded => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -244,6 +285,18 @@ impl GatewayError {
             errors: match self {
                 GatewayError::InvalidInput(errors) => errors.clone(),
                 _ => Vec::new(),
+            },
+            quota: match self {
+                GatewayError::QuotaExceeded(q) => Some(QuotaProblem {
+                    name: q.kind.name(),
+                    tier: q.tier.clone(),
+                    limit: q.limit,
+                    resets_at: q.resets_at.and_then(|at| {
+                        at.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    }),
+                }),
+                _ => None,
             },
         };
         serde_json::to_vec(&problem).unwrap_or_default()
@@ -278,9 +331,12 @@ impl From<crate::store::StoreError> for GatewayError {
     fn from(error: crate::store::StoreError) -> Self {
         use crate::store::StoreError;
         match error {
-            StoreError::UserCapReached { limit } => {
-                GatewayError::TooManyOutstandingUploads { limit }
-            }
+            StoreError::UserCapReached { limit } => GatewayError::QuotaExceeded(QuotaExceeded {
+                kind: QuotaKind::Outstanding,
+                tier: String::new(),
+                limit: limit as u64,
+                resets_at: None,
+            }),
             StoreError::Full => GatewayError::StoreFull,
             StoreError::Unavailable => GatewayError::StoreUnavailable,
         }

@@ -9,8 +9,9 @@
 //! - [`routes`]: `presign` and `confirm`, each readable top to bottom.
 //! - [`auth`]: the bearer-token extractor, pinned keys, JWKS cache.
 //! - [`validate`]: input rules of both routes.
-//! - [`rate_limit`]: per-user presign budget and its headers.
-//! - [`store`]: the upload store trait and its backends.
+//! - [`rate_limit`]: per-user presign budget (memory or Redis) and its headers.
+//! - [`quota`]: per-tier quotas: open uploads, uploads and bytes per day.
+//! - [`store`]: the upload store trait and its backends (memory, Redis).
 //! - [`upstream`]: the constructed upstream calls and the filtering of their answers.
 //! - [`error`]: the one error type and its problem+json response.
 //! - [`config`], [`secrets`], [`clock`]: configuration, server-held secrets, time.
@@ -25,6 +26,7 @@ pub mod dev;
 pub mod error;
 pub mod http_guard;
 pub mod observability;
+pub mod quota;
 pub mod rate_limit;
 pub mod routes;
 pub mod secrets;

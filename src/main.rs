@@ -73,7 +73,7 @@ fn check_config(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(),
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(async { App::from_config(config).map(|_| ()) })?;
+    runtime.block_on(async { App::from_config(config).await.map(|_| ()) })?;
     println!("configuration is valid");
     Ok(())
 }
@@ -82,7 +82,7 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     let config = load(file, listen)?;
     observability::init_tracing(&config.log, std::io::stdout)?;
     let addr = config.server.listen;
-    let app = App::from_config(config)?;
+    let app = App::from_config(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot bind {addr}: {e}"))?;

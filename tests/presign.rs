@@ -453,7 +453,7 @@ async fn invalid_input_does_not_consume_the_budget() {
 #[tokio::test]
 async fn the_outstanding_cap_holds_until_an_upload_is_confirmed() {
     let gw = TestGateway::builder()
-        .with_config("[presign]\nmax_outstanding_per_user = 2\n")
+        .with_config("[quotas.tiers.default]\nmax_outstanding = 2\n")
         .start()
         .await;
     let alice = gw.token("alice");
@@ -530,9 +530,9 @@ async fn an_upstream_400_passes_through_and_nothing_is_recorded() {
     );
     assert_eq!(response.text().await.unwrap(), upstream_body);
     assert_eq!(gw.forwarded(PRESIGN).len(), 1);
-    assert_eq!(store.len().await.unwrap(), 0, "nothing recorded");
+    assert_eq!(store.entry_count().await.unwrap(), Some(0), "nothing recorded");
 
     // The next (unscripted) presign is recorded, so the check above could have failed.
     gw.issue(&gw.token("alice")).await;
-    assert_eq!(store.len().await.unwrap(), 1);
+    assert_eq!(store.entry_count().await.unwrap(), Some(1));
 }

@@ -86,6 +86,8 @@ pub struct AuthenticatedUser {
     pub id: String,
     /// The X-USER-ID claim, when `upstream.user_id_claim` is configured.
     pub upstream_user_id: Option<String>,
+    /// The quota tier claim, when `quotas.tier_claim` is configured and the token carries it.
+    pub tier: Option<String>,
 }
 
 /// Longest identity accepted from a claim.
@@ -96,6 +98,7 @@ pub struct Verifier {
     jwks: Option<Arc<JwksCache>>,
     user_claim: String,
     upstream_user_id_claim: Option<String>,
+    tier_claim: Option<String>,
     leeway_secs: u64,
     max_token_bytes: usize,
     issuers_configured: bool,
@@ -103,7 +106,11 @@ pub struct Verifier {
 
 impl Verifier {
     /// Parses every static key now; the JWKS (if any) is fetched by [`Verifier::start`].
-    pub fn new(auth: &AuthConfig, upstream_user_id_claim: Option<String>) -> Result<Self, String> {
+    pub fn new(
+        auth: &AuthConfig,
+        upstream_user_id_claim: Option<String>,
+        tier_claim: Option<String>,
+    ) -> Result<Self, String> {
         let rules = ClaimRules::from_config(auth);
         let static_keys = keys::load_static_keys(auth, &rules)?;
         let jwks = match &auth.jwks.url {
@@ -115,6 +122,7 @@ impl Verifier {
             jwks,
             user_claim: auth.user_claim.clone(),
             upstream_user_id_claim,
+            tier_claim,
             leeway_secs: auth.leeway.as_secs(),
             max_token_bytes: auth.max_token_bytes,
             issuers_configured: !auth.issuers.is_empty(),
@@ -238,9 +246,17 @@ impl Verifier {
             }
             None => None,
         };
+        // A tier is a name to look up, not an identity: anything but a string means "default".
+        let tier = self
+            .tier_claim
+            .as_ref()
+            .and_then(|claim| claims.get(claim))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         Ok(AuthenticatedUser {
             id,
             upstream_user_id,
+            tier,
         })
     }
 }

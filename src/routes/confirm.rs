@@ -79,7 +79,12 @@ pub async fn confirm(
                     content_type: answer.content_type().map(str::to_owned),
                     body: answer.body.clone(),
                 };
-                if let Err(e) = state.store.consume(upload.s3object_id, lease, stored).await {
+                let size_bytes = reported_size(&answer.body);
+                let settled = state
+                    .store
+                    .consume(&upload, lease, stored, size_bytes, state.clock.now())
+                    .await;
+                if let Err(e) = settled {
                     // Upstream accepted it: the client must hear so. A later repeat gets 409 at worst.
                     tracing::error!(error = %e, s3object_id = %upload.s3object_id, "could not mark the upload confirmed");
                 }
@@ -89,7 +94,7 @@ pub async fn confirm(
                 Ok(response)
             }
             other => {
-                if let Err(e) = state.store.release(upload.s3object_id, lease).await {
+                if let Err(e) = state.store.release(&upload, lease).await {
                     tracing::error!(error = %e, s3object_id = %upload.s3object_id, "could not release the claim; it lapses with its lease");
                 }
                 let reason = match &other {
@@ -119,6 +124,18 @@ async fn read_limited(
     axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| GatewayError::PayloadTooLarge { limit })
+}
+
+/// The stored object's `size_bytes`, counted toward the daily byte quota (0 when absent).
+fn reported_size(body: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct S3Object {
+        size_bytes: Option<u64>,
+    }
+    serde_json::from_slice::<S3Object>(body)
+        .ok()
+        .and_then(|o| o.size_bytes)
+        .unwrap_or(0)
 }
 
 fn replay(stored: StoredResponse) -> Response {

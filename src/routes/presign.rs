@@ -17,7 +17,8 @@ use crate::{
     auth::AuthenticatedUser,
     error::{GatewayError, UpstreamFailure},
     observability::{Outcome, RequestId, audit},
-    store::IssuedUpload,
+    quota::{QuotaExceeded, QuotaKind},
+    store::{IssuedUpload, StoreError},
     validate,
 };
 
@@ -31,14 +32,11 @@ pub async fn presign(
     let input = validate::presign(uri.query(), &state.config.presign)
         .map_err(GatewayError::InvalidInput)?;
 
-    let budget = state.presign_limiter.check(&user.id)?;
+    let budget = state.presign_limiter.check(&user.id).await?;
     let now = state.clock.now();
-    let max_outstanding = state.config.presign.max_outstanding_per_user;
-    if state.store.outstanding(&user.id, now).await? >= max_outstanding {
-        return Err(GatewayError::TooManyOutstandingUploads {
-            limit: max_outstanding,
-        });
-    }
+    let usage = state.store.usage(&user.id, now).await?;
+    let quotas = &state.config.quotas;
+    quotas.check(user.tier.as_deref(), &usage, now)?;
 
     let answer = state
         .upstream
@@ -52,6 +50,7 @@ pub async fn presign(
     }
 
     let issued = PresignAnswer::parse(&answer.body)?;
+    let (tier_name, tier) = quotas.tier(user.tier.as_deref());
     let upload = IssuedUpload {
         s3object_id: issued.s3object_id,
         key: issued.key,
@@ -60,16 +59,31 @@ pub async fn presign(
         issued_at: now,
         window_end: state.confirmation_window_end(now, issued.expires_at),
     };
+    // The cap is checked again inside the store's atomic record, so that concurrent presigns
+    // cannot overshoot it.
     state
         .store
-        .record(upload.clone(), max_outstanding, now)
-        .await?;
+        .record(upload.clone(), tier.max_outstanding, now)
+        .await
+        .map_err(|error| match error {
+            StoreError::UserCapReached { .. } => quota_error(tier_name, tier.max_outstanding),
+            other => other.into(),
+        })?;
     audit::issued(&upload, &request_id.0);
 
     let mut response = upstream_response(answer, "issued");
     budget.write(response.headers_mut());
     response.extensions_mut().insert(Outcome("issued"));
     Ok(response)
+}
+
+fn quota_error(tier: &str, limit: usize) -> GatewayError {
+    GatewayError::QuotaExceeded(QuotaExceeded {
+        kind: QuotaKind::Outstanding,
+        tier: tier.to_owned(),
+        limit: limit as u64,
+        resets_at: None,
+    })
 }
 
 /// The parts of the upstream's answer the gateway must understand to record the upload.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     ClaimOutcome, IssuedUpload, Lease, MAX_STORED_RESPONSE_BYTES, StoreError, StoreLimits,
-    StoredResponse, UploadStore,
+    StoredResponse, UploadStore, Usage, day_of,
 };
 
 #[derive(Debug)]
@@ -41,6 +41,8 @@ struct Inner {
     entries: HashMap<Uuid, Entry>,
     by_user: HashMap<String, HashSet<Uuid>>,
     by_forget_at: BTreeSet<(OffsetDateTime, Uuid)>,
+    /// (user, yyyymmdd) -> (uploads, bytes) confirmed that day.
+    daily: HashMap<(String, String), (u64, u64)>,
 }
 
 impl Inner {
@@ -56,6 +58,11 @@ impl Inner {
     }
 
     fn purge(&mut self, now: OffsetDateTime) -> Vec<IssuedUpload> {
+        // Yesterday's counters still answer a request that straddles midnight; older ones go.
+        let today = day_of(now);
+        let yesterday = day_of(now - time::Duration::DAY);
+        self.daily
+            .retain(|(_, day), _| *day == today || *day == yesterday);
         let mut never_confirmed = Vec::new();
         while let Some(&(forget_at, id)) = self.by_forget_at.first() {
             if forget_at > now {
@@ -110,8 +117,18 @@ fn add(at: OffsetDateTime, duration: Duration) -> OffsetDateTime {
 
 #[async_trait]
 impl UploadStore for MemoryStore {
-    async fn outstanding(&self, user: &str, now: OffsetDateTime) -> Result<usize, StoreError> {
-        Ok(self.lock().outstanding(user, now))
+    async fn usage(&self, user: &str, now: OffsetDateTime) -> Result<Usage, StoreError> {
+        let inner = self.lock();
+        let (uploads_today, bytes_today) = inner
+            .daily
+            .get(&(user.to_owned(), day_of(now)))
+            .copied()
+            .unwrap_or_default();
+        Ok(Usage {
+            outstanding: inner.outstanding(user, now),
+            uploads_today,
+            bytes_today,
+        })
     }
 
     async fn record(
@@ -206,9 +223,9 @@ impl UploadStore for MemoryStore {
         })
     }
 
-    async fn release(&self, id: Uuid, lease: Lease) -> Result<(), StoreError> {
+    async fn release(&self, upload: &IssuedUpload, lease: Lease) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        if let Some(entry) = inner.entries.get_mut(&id)
+        if let Some(entry) = inner.entries.get_mut(&upload.s3object_id)
             && matches!(entry.state, State::Claimed { lease: held, .. } if held == lease)
         {
             entry.state = State::Issued;
@@ -218,17 +235,27 @@ impl UploadStore for MemoryStore {
 
     async fn consume(
         &self,
-        id: Uuid,
+        upload: &IssuedUpload,
         lease: Lease,
         response: StoredResponse,
+        size_bytes: u64,
+        now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        if let Some(entry) = inner.entries.get_mut(&id)
-            && matches!(entry.state, State::Claimed { lease: held, .. } if held == lease)
-        {
-            let keep = response.body.len() <= MAX_STORED_RESPONSE_BYTES;
-            entry.state = State::Consumed(keep.then_some(response));
+        let Some(entry) = inner.entries.get_mut(&upload.s3object_id) else {
+            return Ok(());
+        };
+        if !matches!(entry.state, State::Claimed { lease: held, .. } if held == lease) {
+            return Ok(());
         }
+        let keep = response.body.len() <= MAX_STORED_RESPONSE_BYTES;
+        entry.state = State::Consumed(keep.then_some(response));
+        let counter = inner
+            .daily
+            .entry((upload.user.clone(), day_of(now)))
+            .or_default();
+        counter.0 += 1;
+        counter.1 = counter.1.saturating_add(size_bytes);
         Ok(())
     }
 
@@ -236,7 +263,11 @@ impl UploadStore for MemoryStore {
         Ok(self.lock().purge(now))
     }
 
-    async fn len(&self) -> Result<usize, StoreError> {
-        Ok(self.lock().entries.len())
+    async fn entry_count(&self) -> Result<Option<usize>, StoreError> {
+        Ok(Some(self.lock().entries.len()))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! answers `Expired`, and every entry is forgotten `remember_expired` after its window.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,6 +15,29 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use memory::MemoryStore;
+pub use redis::{RedisSettings, RedisStore};
+
+/// What one user holds now: the input of the quota check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Issued, unconsumed uploads whose window is still open.
+    pub outstanding: usize,
+    /// Uploads confirmed today (UTC).
+    pub uploads_today: u64,
+    /// Bytes of the uploads confirmed today (UTC), as the upstream reported them.
+    pub bytes_today: u64,
+}
+
+/// The UTC day a quota counter belongs to, as `yyyymmdd`.
+pub fn day_of(at: OffsetDateTime) -> String {
+    let date = at.to_offset(time::UtcOffset::UTC).date();
+    format!(
+        "{:04}{:02}{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
 
 /// An upload the gateway presigned for a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +105,8 @@ pub const MAX_STORED_RESPONSE_BYTES: usize = 64 * 1024;
 
 #[async_trait]
 pub trait UploadStore: Send + Sync + 'static {
-    /// Issued, unconsumed uploads of `user` whose window is still open.
-    async fn outstanding(&self, user: &str, now: OffsetDateTime) -> Result<usize, StoreError>;
+    /// The user's open uploads and today's confirmed uploads and bytes, in one read.
+    async fn usage(&self, user: &str, now: OffsetDateTime) -> Result<Usage, StoreError>;
 
     /// Records an issued upload, unless the user already holds `max_outstanding` open uploads
     /// or the store is full. Never evicts a live upload to make room.
@@ -104,23 +128,27 @@ pub trait UploadStore: Send + Sync + 'static {
     ) -> Result<ClaimOutcome, StoreError>;
 
     /// Gives a claimed upload back (the confirmation failed); a no-op for a stale lease.
-    async fn release(&self, id: Uuid, lease: Lease) -> Result<(), StoreError>;
+    async fn release(&self, upload: &IssuedUpload, lease: Lease) -> Result<(), StoreError>;
 
-    /// Marks a claimed upload confirmed for good, keeping the answer for repeats.
+    /// Marks a claimed upload confirmed for good, keeping the answer for repeats, and counts it
+    /// (and its `size_bytes`) toward the user's quota of the day of `now`. A no-op for a stale
+    /// lease.
     async fn consume(
         &self,
-        id: Uuid,
+        upload: &IssuedUpload,
         lease: Lease,
         response: StoredResponse,
+        size_bytes: u64,
+        now: OffsetDateTime,
     ) -> Result<(), StoreError>;
 
-    /// Forgets entries past their memory; returns how many expired uploads were never confirmed.
+    /// Forgets entries past their memory and returns the uploads among them that were never
+    /// confirmed. Backends whose entries expire by themselves (Redis) forget without reporting.
     async fn purge(&self, now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError>;
 
-    /// Entries held, all states together.
-    async fn len(&self) -> Result<usize, StoreError>;
+    /// Entries held, all states together, where the backend can tell cheaply.
+    async fn entry_count(&self) -> Result<Option<usize>, StoreError>;
 
-    async fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.len().await? == 0)
-    }
+    /// Whether the backend answers.
+    async fn ping(&self) -> Result<(), StoreError>;
 }

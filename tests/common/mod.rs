@@ -2,6 +2,8 @@
 //! builder with knobs, token signing, and assertion helpers.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -9,8 +11,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kizen_gateway::{
     App, Config,
     clock::ManualClock,
+    rate_limit::{MemoryLimiter, RateLimit},
     standin::{RecordedRequest, Standin, StandinConfig},
-    store::{MemoryStore, StoreLimits, UploadStore},
+    store::UploadStore,
 };
 use serde_json::{Value, json};
 use tokio::{
@@ -108,6 +111,15 @@ impl TestGatewayBuilder {
         self
     }
 
+    /// Use the Redis store (and the Redis rate limiter) at `urls`, with this key prefix.
+    pub fn with_redis(self, urls: &[String], cluster: bool, prefix: &str) -> Self {
+        let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+        self.with_config(&format!(
+            "[store]\nkind = \"redis\"\n[store.redis]\nurls = [{}]\ncluster = {cluster}\nprefix = \"{prefix}\"\noperation_timeout = \"500ms\"\n",
+            urls.join(", ")
+        ))
+    }
+
     /// Drop the harness's static keys (for JWKS-only gateways).
     pub fn without_static_keys(mut self) -> Self {
         self.keys = false;
@@ -149,13 +161,18 @@ rate_limit_burst = 1000
         let mut layers: Vec<&str> = vec![&base, &keys];
         layers.extend(self.layers.iter().map(String::as_str));
         let config = Config::from_toml_layers(&layers).expect("test config is valid");
-        let store = self.store.unwrap_or_else(|| {
-            Arc::new(MemoryStore::new(StoreLimits {
-                max_uploads: config.store.max_uploads,
-                remember_expired: config.confirm.remember_expired,
-            }))
-        });
-        let app = App::with_parts(config, store, Arc::new(self.clock.clone())).expect("app builds");
+        let clock = Arc::new(self.clock.clone());
+        let app = match self.store {
+            Some(store) => {
+                let rate = RateLimit {
+                    burst: config.presign.rate_limit_burst,
+                    period: config.presign.rate_limit_period,
+                };
+                App::with_parts(config, store, Arc::new(MemoryLimiter::new(rate)), clock)
+            }
+            None => App::from_config_with_clock(config, clock).await,
+        }
+        .expect("app builds");
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -1,0 +1,193 @@
+//! Per-user quotas, by tier: open uploads at once, and confirmed uploads and bytes per UTC day.
+//! Checked before a presign is forwarded, against one read of the store.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use time::{OffsetDateTime, Time};
+
+use crate::{error::GatewayError, store::Usage};
+
+/// The limits of one tier. `None`: no daily limit.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TierLimits {
+    pub max_outstanding: usize,
+    pub max_uploads_per_day: Option<u64>,
+    pub max_bytes_per_day: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// JWT claim naming the user's tier.
+    pub tier_claim: Option<String>,
+    pub default_tier: String,
+    pub tiers: BTreeMap<String, TierLimits>,
+}
+
+/// Which quota a presign would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKind {
+    Outstanding,
+    UploadsPerDay,
+    BytesPerDay,
+}
+
+impl QuotaKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Outstanding => "max_outstanding",
+            Self::UploadsPerDay => "max_uploads_per_day",
+            Self::BytesPerDay => "max_bytes_per_day",
+        }
+    }
+}
+
+/// A refused presign: the quota, its limit, and when it frees up (`None`: when an open upload is
+/// confirmed or expires).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub kind: QuotaKind,
+    pub tier: String,
+    pub limit: u64,
+    pub resets_at: Option<OffsetDateTime>,
+}
+
+impl QuotaConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.tiers.contains_key(&self.default_tier) {
+            return Err(format!(
+                "quotas.default_tier: no tier named {:?} in [quotas.tiers]",
+                self.default_tier
+            ));
+        }
+        if self.tier_claim.as_deref() == Some("") {
+            return Err("quotas.tier_claim: must not be empty".into());
+        }
+        for (name, tier) in &self.tiers {
+            if tier.max_outstanding == 0 {
+                return Err(format!(
+                    "quotas.tiers.{name}.max_outstanding: must be at least 1"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tier a user's claim names, or the default for a missing or unknown one.
+    pub fn tier<'a>(&'a self, claimed: Option<&'a str>) -> (&'a str, &'a TierLimits) {
+        if let Some(name) = claimed
+            && let Some(limits) = self.tiers.get(name)
+        {
+            return (name, limits);
+        }
+        (&self.default_tier, &self.tiers[&self.default_tier])
+    }
+
+    /// Refuses a presign that the user's usage says would exceed a quota of their tier.
+    pub fn check(
+        &self,
+        claimed_tier: Option<&str>,
+        usage: &Usage,
+        now: OffsetDateTime,
+    ) -> Result<(), GatewayError> {
+        let (tier, limits) = self.tier(claimed_tier);
+        let exceeded = |kind, limit: u64, resets_at| {
+            Err(GatewayError::QuotaExceeded(QuotaExceeded {
+                kind,
+                tier: tier.to_owned(),
+                limit,
+                resets_at,
+            }))
+        };
+        if usage.outstanding >= limits.max_outstanding {
+            return exceeded(QuotaKind::Outstanding, limits.max_outstanding as u64, None);
+        }
+        let midnight = next_utc_midnight(now);
+        if let Some(max) = limits.max_uploads_per_day
+            && usage.uploads_today >= max
+        {
+            return exceeded(QuotaKind::UploadsPerDay, max, Some(midnight));
+        }
+        if let Some(max) = limits.max_bytes_per_day
+            && usage.bytes_today >= max
+        {
+            return exceeded(QuotaKind::BytesPerDay, max, Some(midnight));
+        }
+        Ok(())
+    }
+}
+
+pub fn next_utc_midnight(now: OffsetDateTime) -> OffsetDateTime {
+    let now = now.to_offset(time::UtcOffset::UTC);
+    (now.date().next_day().unwrap_or(now.date()))
+        .with_time(Time::MIDNIGHT)
+        .assume_utc()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> QuotaConfig {
+        let mut tiers = BTreeMap::new();
+        tiers.insert(
+            "default".into(),
+            TierLimits {
+                max_outstanding: 2,
+                max_uploads_per_day: Some(3),
+                max_bytes_per_day: None,
+            },
+        );
+        tiers.insert(
+            "pro".into(),
+            TierLimits {
+                max_outstanding: 10,
+                max_uploads_per_day: None,
+                max_bytes_per_day: Some(100),
+            },
+        );
+        QuotaConfig {
+            tier_claim: Some("plan".into()),
+            default_tier: "default".into(),
+            tiers,
+        }
+    }
+
+    #[test]
+    fn unknown_tiers_fall_back_to_the_default() {
+        assert_eq!(config().tier(Some("gold")).0, "default");
+        assert_eq!(config().tier(Some("pro")).0, "pro");
+        assert_eq!(config().tier(None).0, "default");
+    }
+
+    #[test]
+    fn each_quota_is_named_when_exceeded() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let usage = |outstanding, uploads_today, bytes_today| Usage {
+            outstanding,
+            uploads_today,
+            bytes_today,
+        };
+        let kind = |tier, u: Usage| match config().check(tier, &u, now) {
+            Err(GatewayError::QuotaExceeded(e)) => Some(e.kind),
+            _ => None,
+        };
+        assert_eq!(kind(None, usage(2, 0, 0)), Some(QuotaKind::Outstanding));
+        assert_eq!(kind(None, usage(0, 3, 0)), Some(QuotaKind::UploadsPerDay));
+        assert_eq!(
+            kind(Some("pro"), usage(0, 1000, 100)),
+            Some(QuotaKind::BytesPerDay)
+        );
+        assert_eq!(kind(Some("pro"), usage(9, 1000, 99)), None);
+    }
+
+    #[test]
+    fn midnight_is_the_next_one() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(); // 2027-01-15T08:00:00Z
+        let midnight = next_utc_midnight(now);
+        assert_eq!(midnight.unix_timestamp() % 86_400, 0);
+        assert!(midnight > now && midnight - now <= time::Duration::DAY);
+    }
+}
