@@ -530,7 +530,11 @@ async fn an_upstream_400_passes_through_and_nothing_is_recorded() {
     );
     assert_eq!(response.text().await.unwrap(), upstream_body);
     assert_eq!(gw.forwarded(PRESIGN).len(), 1);
-    assert_eq!(store.entry_count().await.unwrap(), Some(0), "nothing recorded");
+    assert_eq!(
+        store.entry_count().await.unwrap(),
+        Some(0),
+        "nothing recorded"
+    );
 
     // The next (unscripted) presign is recorded, so the check above could have failed.
     gw.issue(&gw.token("alice")).await;
