@@ -80,6 +80,7 @@ pub struct TestGatewayBuilder {
     clock: ManualClock,
     store: Option<Arc<dyn UploadStore>>,
     keys: bool,
+    upstream: Option<(Standin, String)>,
 }
 
 impl Default for TestGatewayBuilder {
@@ -89,6 +90,7 @@ impl Default for TestGatewayBuilder {
             clock: ManualClock::default(),
             store: None,
             keys: true,
+            upstream: None,
         }
     }
 }
@@ -126,18 +128,31 @@ impl TestGatewayBuilder {
         self
     }
 
+    /// Another replica: the same upstream stand-in (and clock) as `other`.
+    pub fn sharing_upstream_with(mut self, other: &TestGateway) -> Self {
+        self.upstream = Some((other.standin.clone(), other.standin_url.clone()));
+        self.clock = other.clock.clone();
+        self
+    }
+
     pub async fn start(self) -> TestGateway {
-        let standin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let standin_url = format!("http://{}", standin_listener.local_addr().unwrap());
-        let standin = Standin::new(StandinConfig {
-            api_key: API_KEY.into(),
-            business_id: BUSINESS_ID.into(),
-            user_id: None,
-            public_base: standin_url.clone(),
-            max_file_size: 1024 * 1024,
-        });
-        let router = standin.router();
-        tokio::spawn(async move { axum::serve(standin_listener, router).await });
+        let (standin, standin_url) = match self.upstream {
+            Some(shared) => shared,
+            None => {
+                let standin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let standin_url = format!("http://{}", standin_listener.local_addr().unwrap());
+                let standin = Standin::new(StandinConfig {
+                    api_key: API_KEY.into(),
+                    business_id: BUSINESS_ID.into(),
+                    user_id: None,
+                    public_base: standin_url.clone(),
+                    max_file_size: 1024 * 1024,
+                });
+                let router = standin.router();
+                tokio::spawn(async move { axum::serve(standin_listener, router).await });
+                (standin, standin_url)
+            }
+        };
 
         let base = format!(
             r#"

@@ -1,0 +1,343 @@
+//! Many replicas, one truth: gateways sharing a real Redis (one node or a cluster) agree on
+//! issued uploads, rate limits and quotas; Redis faults fail closed and heal by themselves.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    redis::{RedisCluster, RedisServer},
+    *,
+};
+use kizen_gateway::standin::{Endpoint, Scripted};
+use serde_json::{Value, json};
+
+fn prefix() -> String {
+    format!("replicas-{}", uuid::Uuid::new_v4())
+}
+
+/// Two gateways on one Redis, in front of one upstream.
+async fn two_replicas(redis: &RedisServer, extra: &str) -> (TestGateway, TestGateway) {
+    let prefix = prefix();
+    let a = TestGateway::builder()
+        .with_redis(&[redis.url()], false, &prefix)
+        .with_config(extra)
+        .start()
+        .await;
+    let b = TestGateway::builder()
+        .with_redis(&[redis.url()], false, &prefix)
+        .with_config(extra)
+        .sharing_upstream_with(&a)
+        .start()
+        .await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn presign_on_one_replica_confirm_on_the_other() {
+    let redis = RedisServer::start();
+    let (a, b) = two_replicas(&redis, "").await;
+    let token = a.token("alice");
+    let issued = a.issue(&token).await;
+
+    assert_problem(
+        b.confirm(&b.token("bob"), &issued).await,
+        404,
+        "upload_not_found",
+    )
+    .await;
+    let confirmed = b.confirm(&token, &issued).await;
+    assert_eq!(confirmed.status(), 200);
+    let repeat = a.confirm(&token, &issued).await;
+    assert_eq!(repeat.status(), 200);
+    assert_eq!(
+        repeat.headers()["idempotent-replayed"],
+        "true",
+        "replica A knows B's confirmation"
+    );
+    assert_eq!(a.forwarded(SUCCESS).len(), 1);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_confirmations_across_two_replicas_forward_exactly_one() {
+    let redis = RedisServer::start();
+    let (a, b) = two_replicas(&redis, "").await;
+    let token = a.token("alice");
+    let issued = a.issue(&token).await;
+
+    let attempts: Vec<_> = (0..20)
+        .map(|i| {
+            if i % 2 == 0 {
+                a.confirm_task(&token, &issued)
+            } else {
+                b.confirm_task(&token, &issued)
+            }
+        })
+        .collect();
+    let mut fresh = 0;
+    for attempt in attempts {
+        let response = attempt.await.unwrap();
+        match response.status().as_u16() {
+            200 if response.headers().get("idempotent-replayed").is_none() => fresh += 1,
+            200 | 409 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(
+        a.forwarded(SUCCESS).len(),
+        1,
+        "exactly one confirmation reached upstream"
+    );
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_shared_across_replicas() {
+    let redis = RedisServer::start();
+    let (a, b) = two_replicas(
+        &redis,
+        "[presign]\nrate_limit_burst = 4\nrate_limit_period = \"1h\"\n",
+    )
+    .await;
+    let token = a.token("alice");
+    let mut remaining = Vec::new();
+    for i in 0..4 {
+        let gateway = if i % 2 == 0 { &a } else { &b };
+        let response = gateway.presign(&token).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["ratelimit-limit"], "4");
+        remaining.push(
+            response.headers()["ratelimit-remaining"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(remaining, ["3", "2", "1", "0"]);
+    for gateway in [&a, &b] {
+        let refused = gateway.presign(&token).await;
+        let retry_after: u64 = refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry_after >= 1);
+        assert_eq!(refused.headers()["ratelimit-remaining"], "0");
+        let reset: u64 = refused.headers()["ratelimit-reset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(reset >= retry_after);
+        assert_problem(refused, 429, "rate_limited").await;
+    }
+    assert_eq!(
+        a.forwarded(PRESIGN).len(),
+        4,
+        "N across both replicas, not 2N"
+    );
+    assert_eq!(
+        b.presign(&b.token("bob")).await.status(),
+        200,
+        "another user has a budget of their own"
+    );
+}
+
+#[tokio::test]
+async fn an_upload_survives_a_gateway_restart() {
+    let redis = RedisServer::start();
+    let prefix = prefix();
+    let first = TestGateway::builder()
+        .with_redis(&[redis.url()], false, &prefix)
+        .start()
+        .await;
+    let token = first.token("alice");
+    let issued = first.issue(&token).await;
+    let second = TestGateway::builder()
+        .with_redis(&[redis.url()], false, &prefix)
+        .sharing_upstream_with(&first)
+        .start()
+        .await;
+    let standin_requests = first.standin.clone();
+    first.stop().await.unwrap();
+
+    assert_eq!(second.confirm(&token, &issued).await.status(), 200);
+    assert_eq!(standin_requests.requests_to(SUCCESS).len(), 1);
+}
+
+#[tokio::test]
+async fn redis_down_fails_closed_and_the_gateway_heals_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let gw = TestGateway::builder()
+        .with_redis(&[redis.url()], false, &prefix())
+        .start()
+        .await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    assert_eq!(gw.forwarded(PRESIGN).len(), 1);
+
+    redis.stop();
+    let presign = gw.presign(&token).await;
+    assert_eq!(presign.headers()["retry-after"], "5");
+    assert_problem(presign, 503, "store_unavailable").await;
+    assert_problem(gw.confirm(&token, &issued).await, 503, "store_unavailable").await;
+    assert_eq!(
+        gw.forwarded(PRESIGN).len(),
+        1,
+        "a presign that cannot be recorded is never forwarded"
+    );
+    assert!(
+        gw.forwarded(SUCCESS).is_empty(),
+        "a confirmation that cannot be checked is never sent"
+    );
+
+    // Back, empty (persistence is off): the very next presign and confirm work, no restart.
+    redis.restart();
+    let issued = gw.issue(&token).await;
+    assert_eq!(gw.confirm(&token, &issued).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_redis_cluster_carries_the_whole_flow() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let prefix = prefix();
+    let config = "[presign]\nrate_limit_burst = 3\nrate_limit_period = \"1h\"\n";
+    let a = TestGateway::builder()
+        .with_redis(&cluster.urls(), true, &prefix)
+        .with_config(config)
+        .start()
+        .await;
+    let b = TestGateway::builder()
+        .with_redis(&cluster.urls(), true, &prefix)
+        .with_config(config)
+        .sharing_upstream_with(&a)
+        .start()
+        .await;
+    // Users whose keys land in different slots, hostile characters included.
+    for user in ["alice", "bob:{x}", "ü *"] {
+        let token = a.token(user);
+        let issued = a.issue(&token).await;
+        assert_eq!(b.confirm(&token, &issued).await.status(), 200, "{user}");
+        assert_eq!(b.presign(&token).await.status(), 200);
+        assert_eq!(a.presign(&token).await.status(), 200);
+        assert_problem(b.presign(&token).await, 429, "rate_limited").await;
+    }
+}
+
+/// Quotas: the same rules on the memory store and on Redis.
+async fn quotas_by_count_and_bytes_per_tier(gw: TestGateway) {
+    let basic = gw.token("basic-user");
+    for _ in 0..2 {
+        let issued = gw.issue(&basic).await;
+        assert_eq!(gw.confirm(&basic, &issued).await.status(), 200);
+    }
+    let refused = gw.presign(&basic).await;
+    assert!(
+        refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let body = assert_problem(refused, 429, "daily_upload_quota_exceeded").await;
+    assert_eq!(body["quota"]["name"], "max_uploads_per_day");
+    assert_eq!(body["quota"]["tier"], "default");
+    assert_eq!(body["quota"]["limit"], 2);
+    assert!(body["quota"]["resets_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        gw.forwarded(PRESIGN).len(),
+        2,
+        "refused before calling upstream"
+    );
+
+    // The pro tier counts bytes (Kizen's size_bytes), not uploads.
+    let pro =
+        hs256(&json!({ "sub": "pro-user", "plan": "pro", "iat": now(), "exp": now() + 3600 }));
+    for _ in 0..2 {
+        let issued = gw.issue(&pro).await;
+        gw.standin.script(
+            Endpoint::Success,
+            Scripted::Respond {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: json!({ "id": issued.s3object_id, "key": issued.key, "size_bytes": 15 })
+                    .to_string(),
+            },
+        );
+        assert_eq!(gw.confirm(&pro, &issued).await.status(), 200);
+    }
+    let body = assert_problem(gw.presign(&pro).await, 429, "daily_byte_quota_exceeded").await;
+    assert_eq!(body["quota"]["tier"], "pro");
+    assert_eq!(body["quota"]["limit"], 20);
+
+    // An unknown tier is the default tier; open uploads are capped per tier too.
+    let gold =
+        hs256(&json!({ "sub": "gold-user", "plan": "gold", "iat": now(), "exp": now() + 3600 }));
+    gw.issue(&gold).await;
+    gw.issue(&gold).await;
+    gw.issue(&gold).await;
+    let body: Value =
+        assert_problem(gw.presign(&gold).await, 429, "too_many_outstanding_uploads").await;
+    assert_eq!(body["quota"]["name"], "max_outstanding");
+
+    // A new UTC day resets the daily counters.
+    gw.clock.advance(Duration::from_secs(24 * 3600));
+    assert_eq!(gw.presign(&basic).await.status(), 200);
+    assert_eq!(gw.presign(&pro).await.status(), 200);
+}
+
+const QUOTAS: &str = r#"
+[quotas]
+tier_claim = "plan"
+[quotas.tiers.default]
+max_outstanding = 3
+max_uploads_per_day = 2
+[quotas.tiers.pro]
+max_outstanding = 10
+max_bytes_per_day = 20
+"#;
+
+#[tokio::test]
+async fn quotas_on_the_memory_store() {
+    quotas_by_count_and_bytes_per_tier(TestGateway::builder().with_config(QUOTAS).start().await)
+        .await;
+}
+
+#[tokio::test]
+async fn quotas_on_redis_survive_a_gateway_restart() {
+    let redis = RedisServer::start();
+    let prefix = prefix();
+    let gw = TestGateway::builder()
+        .with_redis(&[redis.url()], false, &prefix)
+        .with_config(QUOTAS)
+        .start()
+        .await;
+    let token = gw.token("basic-user");
+    for _ in 0..2 {
+        let issued = gw.issue(&token).await;
+        assert_eq!(gw.confirm(&token, &issued).await.status(), 200);
+    }
+    let restarted = TestGateway::builder()
+        .with_redis(&[redis.url()], false, &prefix)
+        .with_config(QUOTAS)
+        .sharing_upstream_with(&gw)
+        .start()
+        .await;
+    gw.stop().await.unwrap();
+    assert_problem(
+        restarted.presign(&token).await,
+        429,
+        "daily_upload_quota_exceeded",
+    )
+    .await;
+
+    let fresh = TestGateway::builder()
+        .with_redis(&[redis.url()], false, &self::prefix())
+        .with_config(QUOTAS)
+        .start()
+        .await;
+    quotas_by_count_and_bytes_per_tier(fresh).await;
+}
