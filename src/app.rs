@@ -1,13 +1,17 @@
 //! The application: its state (`AppState(Arc<App>)`) and its router with every middleware,
 //! ordered in one place.
 
-use std::{ops::Deref, sync::Arc, time::Duration};
+use std::{
+    ops::Deref,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 use axum::{
     BoxError, Router,
     error_handling::HandleErrorLayer,
     http::{HeaderName, HeaderValue, Method, header},
-    middleware::from_fn,
+    middleware::{from_fn, from_fn_with_state},
     response::IntoResponse,
     routing::{get, post},
 };
@@ -21,6 +25,7 @@ use crate::{
     config::{Config, StoreKind},
     error::GatewayError,
     http_guard,
+    metrics::Metrics,
     observability::{self, X_REQUEST_ID},
     rate_limit::{MemoryLimiter, PresignLimiter, RateLimit, RedisLimiter},
     routes,
@@ -35,6 +40,9 @@ pub struct App {
     pub store: Arc<dyn UploadStore>,
     pub presign_limiter: Arc<dyn PresignLimiter>,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// Set on SIGTERM: readiness turns false before the listener closes.
+    pub draining: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -111,12 +119,14 @@ impl App {
         presign_limiter: Arc<dyn PresignLimiter>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
+        let metrics = Arc::new(Metrics::new());
         let verifier = Verifier::new(
             &config.auth,
             config.upstream.user_id_claim.clone(),
             config.quotas.tier_claim.clone(),
+            metrics.clone(),
         )?;
-        let upstream = UpstreamClient::new(&config.upstream)?;
+        let upstream = UpstreamClient::new(&config.upstream, metrics.clone())?;
         Ok(Self {
             config,
             verifier,
@@ -124,6 +134,8 @@ impl App {
             store,
             presign_limiter,
             clock,
+            metrics,
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -155,7 +167,10 @@ pub fn app(state: AppState) -> Router {
     // rather than per route.
     let service = ServiceBuilder::new()
         .layer(from_fn(observability::request_id))
-        .layer(from_fn(observability::access_log))
+        .layer(from_fn_with_state(
+            state.metrics.clone(),
+            observability::access_log,
+        ))
         .option_layer(cors(&config.cors.allowed_origins, config.cors.max_age))
         .layer(HandleErrorLayer::new(overload_problem))
         .load_shed()

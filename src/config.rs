@@ -22,6 +22,7 @@ pub const ENV_PREFIX: &str = "KIZEN_GATEWAY_";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
     pub cors: CorsConfig,
     pub auth: AuthConfig,
@@ -45,6 +46,12 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +286,9 @@ impl Config {
         nonzero("server.header_read_timeout", s.header_read_timeout)?;
         nonzero("server.request_timeout", s.request_timeout)?;
 
+        if self.admin.listen == s.listen && s.listen.port() != 0 {
+            return Err(invalid("admin.listen", "must differ from server.listen"));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e))?;
 

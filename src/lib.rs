@@ -4,6 +4,8 @@
 //! Map of the crate, in the order a request meets it:
 //! - [`server`]: the accept loop (HTTP/1.1 limits, header read timeout, graceful drain).
 //! - [`app`]: `AppState(Arc<App>)` and the router with all middleware in one function.
+//! - [`admin`]: the admin listener: health, readiness, metrics, the OpenAPI document.
+//! - [`metrics`]: the Prometheus registry and its counters.
 //! - [`observability`]: request id, access log line, audit trail, log setup.
 //! - [`http_guard`]: strict framing rules and the two-route allowlist on the raw path.
 //! - [`routes`]: `presign` and `confirm`, each readable top to bottom.
@@ -18,6 +20,7 @@
 //! - [`standin`], [`dev`]: the local stand-in of the Kizen API and the dev mode built on it.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod clock;
@@ -25,6 +28,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod http_guard;
+pub mod metrics;
 pub mod observability;
 pub mod quota;
 pub mod rate_limit;
@@ -53,22 +57,61 @@ pub async fn run(
     app: App,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    run_with_admin(listener, None, app, shutdown).await
+}
+
+/// Like [`run`], with the admin listener (health, readiness, metrics) on `admin`. When
+/// `shutdown` resolves, readiness turns false first, then the public listener closes and
+/// in-flight requests get `server.shutdown_grace` to finish; the admin listener stays up until
+/// the drain is over.
+pub async fn run_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    app: App,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let state = AppState(Arc::new(app));
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = admin.map(|listener| {
+        let router = admin::router(state.clone());
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = admin_stopped.await;
+            };
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .await
+        })
+    });
     let jwks_refresh = state
         .verifier
         .start(state.config.auth.jwks.refresh_interval)
         .await;
     let sweeper = spawn_sweeper(state.clone());
+    let draining = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            state
+                .draining
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!("draining: readiness is now false");
+        }
+    };
     let result = server::serve(
         listener,
         app::app(state.clone()),
         &state.config.server,
-        shutdown,
+        draining,
     )
     .await;
     sweeper.abort();
     if let Some(task) = jwks_refresh {
         task.abort();
+    }
+    let _ = admin_stop.send(());
+    if let Some(task) = admin_task {
+        let _ = task.await;
     }
     result
 }
@@ -82,7 +125,11 @@ fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
         loop {
             ticker.tick().await;
             match state.store.purge(state.clock.now()).await {
-                Ok(expired) => expired.iter().for_each(observability::audit::expired),
+                Ok(expired) => {
+                    for upload in &expired {
+                        observability::audit::expired(&state.metrics, upload);
+                    }
+                }
                 Err(error) => tracing::warn!(%error, "store sweep failed"),
             }
             state.presign_limiter.prune();

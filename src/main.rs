@@ -85,10 +85,15 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     let app = App::from_config(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot bind {addr}: {e}"))?;
+        .map_err(|e| format!("cannot bind server.listen {addr}: {e}"))?;
+    let admin_addr = app.config.admin.listen;
+    let admin = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| format!("cannot bind admin.listen {admin_addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(addr = %bound, version = env!("CARGO_PKG_VERSION"), "kizen-gateway listening");
-    kizen_gateway::run(listener, app, kizen_gateway::shutdown_signal())
+    let admin_bound = admin.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(addr = %bound, admin = %admin_bound, version = env!("CARGO_PKG_VERSION"), "kizen-gateway listening");
+    kizen_gateway::run_with_admin(listener, Some(admin), app, kizen_gateway::shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }

@@ -102,7 +102,11 @@ pub fn route_label(path: &str) -> &'static str {
 }
 
 /// Middleware: one line per request with route, user, status, latency and outcome.
-pub async fn access_log(mut request: Request, next: Next) -> Response {
+pub async fn access_log(
+    axum::extract::State(metrics): axum::extract::State<std::sync::Arc<crate::metrics::Metrics>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = route_label(request.uri().path());
@@ -127,6 +131,8 @@ pub async fn access_log(mut request: Request, next: Next) -> Response {
         } else {
             "error"
         });
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics.observe_request(route, status.as_u16(), outcome, elapsed);
     tracing::info!(
         target: "kizen_gateway::access",
         request_id = request_id.as_deref().unwrap_or("-"),
@@ -134,7 +140,7 @@ pub async fn access_log(mut request: Request, next: Next) -> Response {
         route,
         user = ?user.get().unwrap_or("-"),
         status = status.as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms = elapsed * 1000.0,
         outcome,
         "request"
     );
@@ -143,10 +149,15 @@ pub async fn access_log(mut request: Request, next: Next) -> Response {
 
 /// The audit trail: one event per step of an upload's life. Uploads are named by `s3object_id`;
 /// their S3 key is not logged, as the upstream builds it around the (secret) business id.
+/// Each event also moves its counter in [`crate::metrics::Metrics`].
 pub mod audit {
-    use crate::store::IssuedUpload;
+    use crate::{
+        metrics::{Metrics, ReasonLabels},
+        store::IssuedUpload,
+    };
 
-    pub fn issued(upload: &IssuedUpload, request_id: &str) {
+    pub fn issued(metrics: &Metrics, upload: &IssuedUpload, request_id: &str) {
+        metrics.uploads_issued.inc();
         tracing::info!(
             target: "kizen_gateway::audit",
             event = "upload_issued",
@@ -159,7 +170,8 @@ pub mod audit {
         );
     }
 
-    pub fn confirmed(upload: &IssuedUpload, request_id: &str) {
+    pub fn confirmed(metrics: &Metrics, upload: &IssuedUpload, request_id: &str) {
+        metrics.uploads_confirmed.inc();
         tracing::info!(
             target: "kizen_gateway::audit",
             event = "upload_confirmed",
@@ -170,7 +182,17 @@ pub mod audit {
         );
     }
 
-    pub fn rejected(user: &str, s3object_id: &uuid::Uuid, reason: &str, request_id: &str) {
+    pub fn rejected(
+        metrics: &Metrics,
+        user: &str,
+        s3object_id: &uuid::Uuid,
+        reason: &'static str,
+        request_id: &str,
+    ) {
+        metrics
+            .uploads_rejected
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
         tracing::info!(
             target: "kizen_gateway::audit",
             event = "upload_rejected",
@@ -182,7 +204,8 @@ pub mod audit {
         );
     }
 
-    pub fn expired(upload: &IssuedUpload) {
+    pub fn expired(metrics: &Metrics, upload: &IssuedUpload) {
+        metrics.uploads_expired.inc();
         tracing::info!(
             target: "kizen_gateway::audit",
             event = "upload_expired",

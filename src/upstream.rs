@@ -68,6 +68,7 @@ pub struct UpstreamClient {
     user_id: Option<SecretHeaderValue>,
     forward_headers: Vec<HeaderName>,
     max_response_bytes: usize,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -80,7 +81,10 @@ impl std::fmt::Debug for UpstreamClient {
 
 impl UpstreamClient {
     /// Loads the secrets and builds the pooled client. Errors name the option, never a value.
-    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+    pub fn new(
+        config: &UpstreamConfig,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, String> {
         install_crypto_provider();
         let base = config.base_url.trim_end_matches('/');
         let url = |path: &str| {
@@ -124,6 +128,7 @@ impl UpstreamClient {
                 .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
                 .collect(),
             max_response_bytes: config.max_response_bytes,
+            metrics,
         })
     }
 
@@ -238,6 +243,10 @@ impl UpstreamClient {
         let status = response.status();
         let headers = self.filter_headers(response.headers());
         let body = self.read_body(route, response).await?;
+        self.metrics
+            .upstream_duration
+            .get_or_create(&crate::metrics::RouteLabels { route })
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(
             route,
             status = status.as_u16(),

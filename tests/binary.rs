@@ -103,7 +103,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n[upstream]\nbase_url = \"{}\"\napi_key = \"value:{API_KEY}\"\nbusiness_id = \"value:{BUSINESS_ID}\"\nuser_id = \"value:{KIZEN_USER_ID}\"\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"value:{HS256_SECRET}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"{}\"\napi_key = \"value:{API_KEY}\"\nbusiness_id = \"value:{BUSINESS_ID}\"\nuser_id = \"value:{KIZEN_USER_ID}\"\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"value:{HS256_SECRET}\"\n",
             gw.standin_url
         ),
     )
@@ -118,12 +118,21 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .spawn()
         .unwrap();
     let lines = read_until(&mut child, |line| line.contains("kizen-gateway listening")).await;
-    let addr: std::net::SocketAddr = lines
-        .last()
-        .and_then(|l| l.split("addr=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .expect("the listening line names the bound address");
+    let field = |name: &str| -> std::net::SocketAddr {
+        lines
+            .last()
+            .and_then(|l| l.split(&format!(" {name}=")).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("the listening line names the bound {name}"))
+    };
+    let addr = field("addr");
+    let readyz = format!("http://{}/readyz", field("admin"));
+    assert_eq!(
+        gw.client.get(&readyz).send().await.unwrap().status(),
+        200,
+        "ready before SIGTERM"
+    );
 
     let token = gw.token("alice");
     let in_flight = tokio::spawn({
@@ -146,6 +155,24 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .status()
         .unwrap();
     assert!(kill.success());
+
+    // Readiness turns false first; the admin listener keeps answering while the drain lasts.
+    let mut not_ready = false;
+    for _ in 0..100 {
+        if gw
+            .client
+            .get(&readyz)
+            .send()
+            .await
+            .map(|r| r.status() == 503)
+            .unwrap_or(false)
+        {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(not_ready, "readiness is false while draining");
 
     // New connections are refused once the listener is closed, while the request is in flight.
     let mut refused = false;

@@ -22,6 +22,7 @@ pub struct JwksCache {
     keys: RwLock<Arc<KeySet>>,
     /// Time of the last unknown-`kid` refetch; the mutex also makes concurrent refetches one.
     last_refetch: Mutex<Option<Instant>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Deserialize)]
@@ -30,7 +31,12 @@ struct JwksDocument {
 }
 
 impl JwksCache {
-    pub fn new(config: &JwksConfig, url: &str, rules: ClaimRules) -> Result<Self, String> {
+    pub fn new(
+        config: &JwksConfig,
+        url: &str,
+        rules: ClaimRules,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("auth.jwks.url: {e}"))?;
         // Built before the upstream client: the provider must be installed here too.
         crate::upstream::install_crypto_provider();
@@ -48,7 +54,15 @@ impl JwksCache {
             refetch_cooldown: config.refetch_cooldown,
             keys: RwLock::new(Arc::new(KeySet::default())),
             last_refetch: Mutex::new(None),
+            metrics,
         })
+    }
+
+    fn count_refresh(&self, result: &'static str) {
+        self.metrics
+            .jwks_refreshes
+            .get_or_create(&crate::metrics::ResultLabels { result })
+            .inc();
     }
 
     pub fn keys(&self) -> Arc<KeySet> {
@@ -62,10 +76,12 @@ impl JwksCache {
                 let count = set.len();
                 *self.keys.write().expect("jwks lock poisoned") = Arc::new(set);
                 tracing::info!(keys = count, "jwks fetched");
+                self.count_refresh("success");
                 Ok(count)
             }
             Err(why) => {
                 tracing::warn!(error = %why, "jwks fetch failed; keeping the last good key set");
+                self.count_refresh("failure");
                 Err(why)
             }
         }

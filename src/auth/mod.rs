@@ -110,11 +110,12 @@ impl Verifier {
         auth: &AuthConfig,
         upstream_user_id_claim: Option<String>,
         tier_claim: Option<String>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
         let rules = ClaimRules::from_config(auth);
         let static_keys = keys::load_static_keys(auth, &rules)?;
         let jwks = match &auth.jwks.url {
-            Some(url) => Some(Arc::new(JwksCache::new(&auth.jwks, url, rules)?)),
+            Some(url) => Some(Arc::new(JwksCache::new(&auth.jwks, url, rules, metrics)?)),
             None => None,
         };
         Ok(Self {
@@ -142,6 +143,15 @@ impl Verifier {
 
     pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
         self.jwks.as_ref()
+    }
+
+    /// Whether any key can verify a token now (readiness).
+    pub fn has_keys(&self) -> bool {
+        !self.static_keys.is_empty()
+            || self
+                .jwks
+                .as_ref()
+                .is_some_and(|jwks| !jwks.keys().is_empty())
     }
 
     pub async fn verify(&self, token: &str) -> Result<AuthenticatedUser, AuthFailure> {

@@ -58,7 +58,13 @@ pub async fn confirm(
                 ClaimOutcome::InFlight => GatewayError::ConfirmationInProgress,
                 _ => GatewayError::AlreadyConfirmed,
             };
-            audit::rejected(&user.id, &input.uuid, error.code(), &request_id.0);
+            audit::rejected(
+                &state.metrics,
+                &user.id,
+                &input.uuid,
+                error.code(),
+                &request_id.0,
+            );
             return Err(error);
         }
     };
@@ -88,7 +94,7 @@ pub async fn confirm(
                     // Upstream accepted it: the client must hear so. A later repeat gets 409 at worst.
                     tracing::error!(error = %e, s3object_id = %upload.s3object_id, "could not mark the upload confirmed");
                 }
-                audit::confirmed(&upload, &request_id.0);
+                audit::confirmed(&state.metrics, &upload, &request_id.0);
                 let mut response = upstream_response(answer, "confirmed");
                 response.extensions_mut().insert(Outcome("confirmed"));
                 Ok(response)
@@ -101,7 +107,13 @@ pub async fn confirm(
                     Ok(_) => "upstream_rejected_input",
                     Err(error) => error.code(),
                 };
-                audit::rejected(&upload.user, &upload.s3object_id, reason, &request_id.0);
+                audit::rejected(
+                    &state.metrics,
+                    &upload.user,
+                    &upload.s3object_id,
+                    reason,
+                    &request_id.0,
+                );
                 other.map(|answer| upstream_response(answer, "upstream_rejected_input"))
             }
         }

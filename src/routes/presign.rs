@@ -69,7 +69,7 @@ pub async fn presign(
             StoreError::UserCapReached { .. } => quota_error(tier_name, tier.max_outstanding),
             other => other.into(),
         })?;
-    audit::issued(&upload, &request_id.0);
+    audit::issued(&state.metrics, &upload, &request_id.0);
 
     let mut response = upstream_response(answer, "issued");
     budget.write(response.headers_mut());

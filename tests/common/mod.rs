@@ -81,6 +81,7 @@ pub struct TestGatewayBuilder {
     store: Option<Arc<dyn UploadStore>>,
     keys: bool,
     upstream: Option<(Standin, String)>,
+    admin: bool,
 }
 
 impl Default for TestGatewayBuilder {
@@ -91,6 +92,7 @@ impl Default for TestGatewayBuilder {
             store: None,
             keys: true,
             upstream: None,
+            admin: false,
         }
     }
 }
@@ -125,6 +127,12 @@ impl TestGatewayBuilder {
     /// Drop the harness's static keys (for JWKS-only gateways).
     pub fn without_static_keys(mut self) -> Self {
         self.keys = false;
+        self
+    }
+
+    /// Also start the admin listener (health, readiness, metrics) on a free port.
+    pub fn with_admin(mut self) -> Self {
+        self.admin = true;
         self
     }
 
@@ -192,12 +200,20 @@ rate_limit_burst = 1000
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(kizen_gateway::run(listener, app, async {
+        let admin = match self.admin {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
+        let admin_url = admin
+            .as_ref()
+            .map(|l| format!("http://{}", l.local_addr().unwrap()));
+        let handle = tokio::spawn(kizen_gateway::run_with_admin(listener, admin, app, async {
             let _ = stopped.await;
         }));
         TestGateway {
             url: format!("http://{addr}"),
             addr,
+            admin_url,
             standin,
             standin_url,
             clock: self.clock,
@@ -214,6 +230,8 @@ rate_limit_burst = 1000
 pub struct TestGateway {
     pub url: String,
     pub addr: SocketAddr,
+    /// Set by [`TestGatewayBuilder::with_admin`].
+    pub admin_url: Option<String>,
     pub standin: Standin,
     pub standin_url: String,
     pub clock: ManualClock,

@@ -1,0 +1,221 @@
+//! Prometheus metrics, one registry per app. Label values come from fixed vocabularies (route
+//! labels, status codes, problem codes): never a user id or anything else unbounded.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub source: &'static str,
+    pub result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~16 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 15,
+    ))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    pub rate_limited: Counter,
+    pub quota_rejections: Family<ReasonLabels, Counter>,
+    pub uploads_issued: Counter,
+    pub uploads_confirmed: Counter,
+    pub uploads_rejected: Family<ReasonLabels, Counter>,
+    pub uploads_expired: Counter,
+    pub store_entries: Gauge,
+    pub store_errors: Counter,
+    pub jwks_refreshes: Family<ResultLabels, Counter>,
+    pub reloads: Family<ReloadLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kizen_gateway");
+        let metrics = Self {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            upstream_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            auth_failures: Family::default(),
+            rate_limited: Counter::default(),
+            quota_rejections: Family::default(),
+            uploads_issued: Counter::default(),
+            uploads_confirmed: Counter::default(),
+            uploads_rejected: Family::default(),
+            uploads_expired: Counter::default(),
+            store_entries: Gauge::default(),
+            store_errors: Counter::default(),
+            jwks_refreshes: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by route, status and outcome",
+            metrics.requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time to answer a request, upstream call included",
+            Unit::Seconds,
+            metrics.request_duration.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_duration",
+            "Time of calls to the Kizen API",
+            Unit::Seconds,
+            metrics.upstream_duration.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Refused bearer tokens, by reason",
+            metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Presigns refused by the per-user rate limit",
+            metrics.rate_limited.clone(),
+        );
+        registry.register(
+            "quota_rejections",
+            "Presigns refused by a quota, by quota",
+            metrics.quota_rejections.clone(),
+        );
+        registry.register(
+            "uploads_issued",
+            "Uploads presigned and recorded",
+            metrics.uploads_issued.clone(),
+        );
+        registry.register(
+            "uploads_confirmed",
+            "Uploads confirmed upstream",
+            metrics.uploads_confirmed.clone(),
+        );
+        registry.register(
+            "uploads_rejected",
+            "Confirmations refused, by reason",
+            metrics.uploads_rejected.clone(),
+        );
+        registry.register(
+            "uploads_expired",
+            "Uploads forgotten unconfirmed",
+            metrics.uploads_expired.clone(),
+        );
+        registry.register(
+            "store_entries",
+            "Uploads held by the memory store",
+            metrics.store_entries.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Requests refused because the store failed",
+            metrics.store_errors.clone(),
+        );
+        registry.register(
+            "jwks_refreshes",
+            "JWKS fetches, by result",
+            metrics.jwks_refreshes.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Re-reads of secret and key files, by source and result",
+            metrics.reloads.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts one answered request; the outcome (a problem code or a success word) also feeds
+    /// the auth, rate-limit, quota and store counters.
+    pub fn observe_request(
+        &self,
+        route: &'static str,
+        status: u16,
+        outcome: &'static str,
+        seconds: f64,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                status,
+                outcome,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteLabels { route })
+            .observe(seconds);
+        match outcome {
+            reason if reason.starts_with("token_") => {
+                self.auth_failures
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
+            }
+            "rate_limited" => {
+                self.rate_limited.inc();
+            }
+            "too_many_outstanding_uploads"
+            | "daily_upload_quota_exceeded"
+            | "daily_byte_quota_exceeded" => {
+                self.quota_rejections
+                    .get_or_create(&ReasonLabels { reason: outcome })
+                    .inc();
+            }
+            "store_unavailable" | "store_full" => {
+                self.store_errors.inc();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
