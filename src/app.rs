@@ -43,6 +43,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Set on SIGTERM: readiness turns false before the listener closes.
     pub draining: AtomicBool,
+    pub reloader: crate::reload::Reloader,
 }
 
 #[derive(Clone)]
@@ -120,6 +121,7 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new());
+        let config_for_reload = config.clone();
         let verifier = Verifier::new(
             &config.auth,
             config.upstream.user_id_claim.clone(),
@@ -136,6 +138,7 @@ impl App {
             clock,
             metrics,
             draining: AtomicBool::new(false),
+            reloader: crate::reload::Reloader::new(&config_for_reload),
         })
     }
 

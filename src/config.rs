@@ -31,6 +31,14 @@ pub struct Config {
     pub confirm: ConfirmConfig,
     pub quotas: crate::quota::QuotaConfig,
     pub store: StoreConfig,
+    pub reload: ReloadConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -440,6 +448,7 @@ impl Config {
             ));
         }
         nonzero("store.redis.operation_timeout", r.operation_timeout)?;
+        nonzero("reload.interval", self.reload.interval)?;
         Ok(())
     }
 }

@@ -16,6 +16,7 @@
 //! - [`store`]: the upload store trait and its backends (memory, Redis).
 //! - [`upstream`]: the constructed upstream calls and the filtering of their answers.
 //! - [`error`]: the one error type and its problem+json response.
+//! - [`reload`]: secrets and key files re-read on change or SIGHUP.
 //! - [`config`], [`secrets`], [`clock`]: configuration, server-held secrets, time.
 //! - [`standin`], [`dev`]: the local stand-in of the Kizen API and the dev mode built on it.
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod observability;
 pub mod quota;
 pub mod rate_limit;
+pub mod reload;
 pub mod routes;
 pub mod secrets;
 pub mod server;
@@ -88,6 +90,7 @@ pub async fn run_with_admin(
         .start(state.config.auth.jwks.refresh_interval)
         .await;
     let sweeper = spawn_sweeper(state.clone());
+    let reloader = spawn_reloader(state.clone());
     let draining = {
         let state = state.clone();
         async move {
@@ -106,6 +109,7 @@ pub async fn run_with_admin(
     )
     .await;
     sweeper.abort();
+    reloader.abort();
     if let Some(task) = jwks_refresh {
         task.abort();
     }
@@ -133,6 +137,34 @@ fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
                 Err(error) => tracing::warn!(%error, "store sweep failed"),
             }
             state.presign_limiter.prune();
+        }
+    })
+}
+
+/// Re-reads secret and key files every `reload.interval` (when their content changed) and on
+/// SIGHUP (always).
+fn spawn_reloader(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let period = state.config.reload.interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let forced = tokio::select! {
+                _ = ticker.tick() => false,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            };
+            #[cfg(not(unix))]
+            let forced = {
+                ticker.tick().await;
+                false
+            };
+            if forced || state.reloader.watches_files() {
+                state.reload(if forced { "sighup" } else { "file" }, forced);
+            }
         }
     })
 }

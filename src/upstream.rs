@@ -58,14 +58,68 @@ impl UpstreamAnswer {
     }
 }
 
-pub struct UpstreamClient {
-    client: reqwest::Client,
-    presign_url: Url,
-    success_url: Url,
+/// The server-held credentials. Replaced whole when their files change (see [`crate::reload`]).
+#[derive(Debug)]
+pub struct Credentials {
     api_key: SecretHeaderValue,
     business_id: SecretHeaderValue,
     /// `None` when X-USER-ID comes from a claim of the end user's token.
     user_id: Option<SecretHeaderValue>,
+}
+
+impl Credentials {
+    /// Reads every secret now. Errors name the option, never a value.
+    pub fn load(config: &UpstreamConfig) -> Result<Self, String> {
+        let user_id = match &config.user_id_claim {
+            Some(_) => None,
+            None => Some(
+                config
+                    .user_id
+                    .load_header_value()
+                    .map_err(|e| format!("upstream.user_id: {e}"))?,
+            ),
+        };
+        Ok(Self {
+            api_key: config
+                .api_key
+                .load_header_value()
+                .map_err(|e| format!("upstream.api_key: {e}"))?,
+            business_id: config
+                .business_id
+                .load_header_value()
+                .map_err(|e| format!("upstream.business_id: {e}"))?,
+            user_id,
+        })
+    }
+
+    fn secrets(&self) -> impl Iterator<Item = &str> {
+        [
+            Some(&self.api_key),
+            Some(&self.business_id),
+            self.user_id.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(SecretHeaderValue::expose)
+    }
+
+    fn names_a_secret(&self, bytes: &[u8]) -> bool {
+        self.secrets()
+            .any(|secret| contains(bytes, secret.as_bytes()))
+    }
+
+    /// Bodies are scanned for the API key only: the ids may legitimately appear in Kizen's data
+    /// (the business and the employee of an S3Object), the key never does.
+    fn leaks_api_key(&self, body: &[u8]) -> bool {
+        contains(body, self.api_key.expose().as_bytes())
+    }
+}
+
+pub struct UpstreamClient {
+    client: reqwest::Client,
+    presign_url: Url,
+    success_url: Url,
+    credentials: std::sync::RwLock<std::sync::Arc<Credentials>>,
     forward_headers: Vec<HeaderName>,
     max_response_bytes: usize,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
@@ -100,28 +154,11 @@ impl UpstreamClient {
             .user_agent(concat!("kizen-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("upstream: cannot build HTTP client: {e}"))?;
-        let user_id = match &config.user_id_claim {
-            Some(_) => None,
-            None => Some(
-                config
-                    .user_id
-                    .load_header_value()
-                    .map_err(|e| format!("upstream.user_id: {e}"))?,
-            ),
-        };
         Ok(Self {
             client,
             presign_url: url(PRESIGN_PATH)?,
             success_url: url(SUCCESS_PATH)?,
-            api_key: config
-                .api_key
-                .load_header_value()
-                .map_err(|e| format!("upstream.api_key: {e}"))?,
-            business_id: config
-                .business_id
-                .load_header_value()
-                .map_err(|e| format!("upstream.business_id: {e}"))?,
-            user_id,
+            credentials: std::sync::RwLock::new(std::sync::Arc::new(Credentials::load(config)?)),
             forward_headers: config
                 .forward_headers
                 .iter()
@@ -144,11 +181,10 @@ impl UpstreamClient {
             .append_pair("contenttype", &input.contenttype)
             .append_pair("filename", &input.filename)
             .append_pair("source", &input.source);
-        let request =
-            self.client
-                .get(url)
-                .headers(self.headers(user, client_headers, request_id)?);
-        self.send("presign", request).await
+        let credentials = self.credentials();
+        let headers = self.headers(&credentials, user, client_headers, request_id)?;
+        let request = self.client.get(url).headers(headers);
+        self.send(&credentials, "presign", request).await
     }
 
     pub async fn confirm(
@@ -160,6 +196,7 @@ impl UpstreamClient {
         client_headers: &HeaderMap,
         request_id: &str,
     ) -> Result<UpstreamAnswer, GatewayError> {
+        let credentials = self.credentials();
         let mut url = self.success_url.clone();
         url.query_pairs_mut().append_pair("source", &upload.source);
         let body = form_urlencoded::Serializer::new(String::new())
@@ -168,19 +205,34 @@ impl UpstreamClient {
             .append_pair("name", &input.name)
             .append_pair("etag", &input.etag)
             .append_pair("is_public", if is_public { "true" } else { "false" })
-            .append_pair("business_id", self.business_id.expose())
+            .append_pair("business_id", credentials.business_id.expose())
             .finish();
-        let mut headers = self.headers(user, client_headers, request_id)?;
+        let mut headers = self.headers(&credentials, user, client_headers, request_id)?;
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
         let request = self.client.post(url).headers(headers).body(body);
-        self.send("confirm", request).await
+        self.send(&credentials, "confirm", request).await
+    }
+
+    /// The credentials in force now (one snapshot per upstream call).
+    pub fn credentials(&self) -> std::sync::Arc<Credentials> {
+        self.credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts new credentials in force for every call that starts from now on.
+    pub fn replace_credentials(&self, credentials: Credentials) {
+        *self.credentials.write().unwrap_or_else(|p| p.into_inner()) =
+            std::sync::Arc::new(credentials);
     }
 
     fn headers(
         &self,
+        credentials: &Credentials,
         user: &AuthenticatedUser,
         client: &HeaderMap,
         request_id: &str,
@@ -206,12 +258,15 @@ impl UpstreamClient {
         if let Ok(value) = HeaderValue::from_str(request_id) {
             headers.insert(X_REQUEST_ID.clone(), value);
         }
-        headers.insert(X_API_KEY.clone(), self.api_key.header_value().clone());
+        headers.insert(
+            X_API_KEY.clone(),
+            credentials.api_key.header_value().clone(),
+        );
         headers.insert(
             X_BUSINESS_ID.clone(),
-            self.business_id.header_value().clone(),
+            credentials.business_id.header_value().clone(),
         );
-        let user_id = match (&self.user_id, &user.upstream_user_id) {
+        let user_id = match (&credentials.user_id, &user.upstream_user_id) {
             (Some(constant), _) => constant.header_value().clone(),
             (None, Some(from_claim)) => {
                 let mut value =
@@ -227,6 +282,7 @@ impl UpstreamClient {
 
     async fn send(
         &self,
+        credentials: &Credentials,
         route: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<UpstreamAnswer, GatewayError> {
@@ -241,7 +297,7 @@ impl UpstreamClient {
             GatewayError::Upstream(failure)
         })?;
         let status = response.status();
-        let headers = self.filter_headers(response.headers());
+        let headers = filter_headers(credentials, response.headers());
         let body = self.read_body(route, response).await?;
         self.metrics
             .upstream_duration
@@ -254,7 +310,7 @@ impl UpstreamClient {
             "upstream answered"
         );
 
-        if self.leaks_api_key(&body) {
+        if credentials.leaks_api_key(&body) {
             tracing::error!(
                 route,
                 status = status.as_u16(),
@@ -338,40 +394,18 @@ impl UpstreamClient {
             }
         }
     }
+}
 
-    fn filter_headers(&self, upstream: &HeaderMap) -> HeaderMap {
-        let mut kept = HeaderMap::new();
-        for name in &RESPONSE_HEADER_ALLOWLIST {
-            if let Some(value) = upstream.get(name)
-                && !self.names_a_secret(value.as_bytes())
-            {
-                kept.insert(name.clone(), value.clone());
-            }
+fn filter_headers(credentials: &Credentials, upstream: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in &RESPONSE_HEADER_ALLOWLIST {
+        if let Some(value) = upstream.get(name)
+            && !credentials.names_a_secret(value.as_bytes())
+        {
+            kept.insert(name.clone(), value.clone());
         }
-        kept
     }
-
-    fn secrets(&self) -> impl Iterator<Item = &str> {
-        [
-            Some(&self.api_key),
-            Some(&self.business_id),
-            self.user_id.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(SecretHeaderValue::expose)
-    }
-
-    fn names_a_secret(&self, bytes: &[u8]) -> bool {
-        self.secrets()
-            .any(|secret| contains(bytes, secret.as_bytes()))
-    }
-
-    /// Bodies are scanned for the API key only: the ids may legitimately appear in Kizen's data
-    /// (the business and the employee of an S3Object), the key never does.
-    fn leaks_api_key(&self, body: &[u8]) -> bool {
-        contains(body, self.api_key.expose().as_bytes())
-    }
+    kept
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -201,3 +201,87 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(status.success(), "exit code 0, got {status:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn sighup_reloads_key_files_at_once() {
+    let gw = TestGateway::start().await; // its stand-in is the upstream
+    let dir = temp_dir("sighup");
+    let secret_file = dir.join("jwt-secret");
+    let new_secret = "after-sighup-0123456789abcdef0123456789abcdef";
+    std::fs::write(&secret_file, HS256_SECRET).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[reload]\ninterval = \"1h\"\n[upstream]\nbase_url = \"{}\"\napi_key = \"value:{API_KEY}\"\nbusiness_id = \"value:{BUSINESS_ID}\"\nuser_id = \"value:{KIZEN_USER_ID}\"\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"file:{}\"\n",
+            gw.standin_url,
+            secret_file.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--config"])
+        .arg(&config)
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = read_until(&mut child, |line| line.contains("kizen-gateway listening")).await;
+    let addr: std::net::SocketAddr = lines
+        .last()
+        .and_then(|l| l.split(" addr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+    let new_token = common::sign(
+        jsonwebtoken::Algorithm::HS256,
+        &jsonwebtoken::EncodingKey::from_secret(new_secret.as_bytes()),
+        None,
+        &serde_json::json!({ "sub": "alice", "iat": now(), "exp": now() + 3600 }),
+    );
+    let presign = |token: String| {
+        let client = gw.client.clone();
+        async move {
+            client
+                .get(format!("http://{addr}{PRESIGN}?{DEFAULT_QUERY}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(presign(gw.token("alice")).await, 200);
+    std::fs::write(&secret_file, new_secret).unwrap();
+    // The interval is an hour: only the signal can make the new key count.
+    assert_eq!(presign(new_token.clone()).await, 401);
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut accepted = false;
+    for _ in 0..200 {
+        if presign(new_token.clone()).await == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(accepted, "SIGHUP put the new key in force");
+    assert_eq!(
+        presign(gw.token("alice")).await,
+        401,
+        "the old key is retired"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(child.wait().await.unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}

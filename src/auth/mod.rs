@@ -94,7 +94,9 @@ pub struct AuthenticatedUser {
 const MAX_USER_ID_BYTES: usize = 256;
 
 pub struct Verifier {
-    static_keys: KeySet,
+    /// Replaced whole when key files change (see [`crate::reload`]).
+    static_keys: std::sync::RwLock<Arc<KeySet>>,
+    rules: ClaimRules,
     jwks: Option<Arc<JwksCache>>,
     user_claim: String,
     upstream_user_id_claim: Option<String>,
@@ -113,13 +115,19 @@ impl Verifier {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
         let rules = ClaimRules::from_config(auth);
-        let static_keys = keys::load_static_keys(auth, &rules)?;
+        let static_keys = std::sync::RwLock::new(Arc::new(keys::load_static_keys(auth, &rules)?));
         let jwks = match &auth.jwks.url {
-            Some(url) => Some(Arc::new(JwksCache::new(&auth.jwks, url, rules, metrics)?)),
+            Some(url) => Some(Arc::new(JwksCache::new(
+                &auth.jwks,
+                url,
+                rules.clone(),
+                metrics,
+            )?)),
             None => None,
         };
         Ok(Self {
             static_keys,
+            rules,
             jwks,
             user_claim: auth.user_claim.clone(),
             upstream_user_id_claim,
@@ -145,9 +153,26 @@ impl Verifier {
         self.jwks.as_ref()
     }
 
+    fn static_keys(&self) -> Arc<KeySet> {
+        self.static_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Parses the configured static keys again, from their files; errors name the key.
+    pub fn load_static_keys(&self, auth: &AuthConfig) -> Result<KeySet, String> {
+        keys::load_static_keys(auth, &self.rules)
+    }
+
+    /// Puts a new static key set in force for every token verified from now on.
+    pub fn replace_static_keys(&self, keys: KeySet) {
+        *self.static_keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+
     /// Whether any key can verify a token now (readiness).
     pub fn has_keys(&self) -> bool {
-        !self.static_keys.is_empty()
+        !self.static_keys().is_empty()
             || self
                 .jwks
                 .as_ref()
@@ -200,7 +225,7 @@ impl Verifier {
         kid: Option<&str>,
         algorithm: Algorithm,
     ) -> Vec<Arc<VerificationKey>> {
-        let mut found = self.static_keys.candidates(kid, algorithm);
+        let mut found = self.static_keys().candidates(kid, algorithm);
         if let Some(jwks) = &self.jwks {
             let mut set = jwks.keys();
             if let Some(kid) = kid
