@@ -24,7 +24,9 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Reads the child's stdout line by line until `done` says stop; returns the lines.
+/// Reads the child's stdout line by line until `done` says stop; returns the lines. The rest
+/// of its output keeps being read in the background, so that the child never writes into a
+/// closed pipe.
 async fn read_until(child: &mut Child, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
@@ -41,6 +43,7 @@ async fn read_until(child: &mut Child, mut done: impl FnMut(&str) -> bool) -> Ve
     tokio::time::timeout(Duration::from_secs(30), read)
         .await
         .expect("the binary printed what was expected");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     seen
 }
 
@@ -113,7 +116,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .arg(&config)
         .env_clear()
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
