@@ -399,3 +399,27 @@ fn a_syntax_error_on_a_secret_line_does_not_echo_the_line() {
         );
     }
 }
+
+#[test]
+fn the_redis_example_is_a_valid_configuration() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/redis.example.toml"
+    ))
+    .unwrap();
+    let keys = "[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"value:0123456789abcdef0123456789abcdef\"\n";
+    let config = kizen_gateway::Config::from_toml_layers(&[&example, keys]).unwrap();
+    assert_eq!(config.store.kind, kizen_gateway::config::StoreKind::Redis);
+    assert_eq!(config.quotas.tiers.len(), 2);
+}
+
+#[test]
+fn a_password_inside_a_redis_url_is_refused_without_being_echoed() {
+    let keys = "[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"value:0123456789abcdef0123456789abcdef\"\n";
+    let store = "[store]\nkind = \"redis\"\n[store.redis]\nurls = [\"redis://:hunter2-redis@127.0.0.1:6379\"]\n";
+    let error = kizen_gateway::Config::from_toml_layers(&[keys, store])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("store.redis.password"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
+}
