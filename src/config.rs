@@ -32,6 +32,13 @@ pub struct Config {
     pub quotas: crate::quota::QuotaConfig,
     pub store: StoreConfig,
     pub reload: ReloadConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub otlp_traces: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

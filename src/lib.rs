@@ -16,6 +16,7 @@
 //! - [`store`]: the upload store trait and its backends (memory, Redis).
 //! - [`upstream`]: the constructed upstream calls and the filtering of their answers.
 //! - [`error`]: the one error type and its problem+json response.
+//! - [`telemetry`]: optional OpenTelemetry traces and W3C trace context upstream.
 //! - [`reload`]: secrets and key files re-read on change or SIGHUP.
 //! - [`config`], [`secrets`], [`clock`]: configuration, server-held secrets, time.
 //! - [`standin`], [`dev`]: the local stand-in of the Kizen API and the dev mode built on it.
@@ -39,6 +40,7 @@ pub mod secrets;
 pub mod server;
 pub mod standin;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;
 pub mod validate;
 

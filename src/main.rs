@@ -80,7 +80,11 @@ fn check_config(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(),
 
 async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {
     let config = load(file, listen)?;
-    observability::init_tracing(&config.log, std::io::stdout)?;
+    let telemetry = observability::init_tracing_with_telemetry(
+        &config.log,
+        config.telemetry.otlp_traces,
+        std::io::stdout,
+    )?;
     let addr = config.server.listen;
     let app = App::from_config(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -93,9 +97,13 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_bound = admin.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(addr = %bound, admin = %admin_bound, version = env!("CARGO_PKG_VERSION"), "kizen-gateway listening");
-    kizen_gateway::run_with_admin(listener, Some(admin), app, kizen_gateway::shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    let served =
+        kizen_gateway::run_with_admin(listener, Some(admin), app, kizen_gateway::shutdown_signal())
+            .await
+            .map_err(|e| e.to_string());
+    // Off the runtime's worker: the exporter's blocking client must not run inside it.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    served
 }
 
 async fn dev(listen: Option<SocketAddr>, standin_listen: SocketAddr) -> Result<(), String> {

@@ -16,7 +16,10 @@ use axum::{
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 use uuid::Uuid;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::{
+    config::{LogConfig, LogFormat},
+    telemetry::Telemetry,
+};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -25,19 +28,49 @@ pub fn init_tracing<W>(config: &LogConfig, writer: W) -> Result<(), String>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    init_tracing_with_telemetry(config, false, writer).map(|_| ())
+}
+
+/// Installs the global subscriber, with the OpenTelemetry layer when `otlp_traces` is on. The
+/// returned [`Telemetry`] must be shut down at exit to flush the last spans.
+pub fn init_tracing_with_telemetry<W>(
+    config: &LogConfig,
+    otlp_traces: bool,
+    writer: W,
+) -> Result<Telemetry, String>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
     let filter = EnvFilter::try_new(&config.level).map_err(|e| format!("log.level: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let result = match config.format {
-        LogFormat::Json => builder
+    let fmt = match config.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.with_ansi(false).try_init(),
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(writer)
+            .boxed(),
     };
-    result.map_err(|e| format!("cannot install the log subscriber: {e}"))
+    let (telemetry, otel) = match otlp_traces {
+        true => {
+            let (telemetry, layer) = Telemetry::start()?;
+            (telemetry, Some(layer))
+        }
+        false => (Telemetry::default(), None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
+    Ok(telemetry)
 }
 
 pub fn seconds_since_epoch() -> u64 {
@@ -117,9 +150,20 @@ pub async fn access_log(
         .get::<RequestId>()
         .map(|id| id.0.clone());
 
-    let response = next.run(request).await;
+    // The request's span: a server span in OpenTelemetry, child of the client's trace if any.
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        request_id = request_id.as_deref().unwrap_or("-"),
+        route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, request.headers());
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
 
     let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
     let outcome = response
         .extensions()
         .get::<Outcome>()

@@ -181,10 +181,12 @@ impl UpstreamClient {
             .append_pair("contenttype", &input.contenttype)
             .append_pair("filename", &input.filename)
             .append_pair("source", &input.source);
+        let span = upstream_span("presign");
         let credentials = self.credentials();
-        let headers = self.headers(&credentials, user, client_headers, request_id)?;
+        let headers =
+            span.in_scope(|| self.headers(&credentials, user, client_headers, request_id))?;
         let request = self.client.get(url).headers(headers);
-        self.send(&credentials, "presign", request).await
+        tracing::Instrument::instrument(self.send(&credentials, "presign", request), span).await
     }
 
     pub async fn confirm(
@@ -207,13 +209,15 @@ impl UpstreamClient {
             .append_pair("is_public", if is_public { "true" } else { "false" })
             .append_pair("business_id", credentials.business_id.expose())
             .finish();
-        let mut headers = self.headers(&credentials, user, client_headers, request_id)?;
+        let span = upstream_span("confirm");
+        let mut headers =
+            span.in_scope(|| self.headers(&credentials, user, client_headers, request_id))?;
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
         let request = self.client.post(url).headers(headers).body(body);
-        self.send(&credentials, "confirm", request).await
+        tracing::Instrument::instrument(self.send(&credentials, "confirm", request), span).await
     }
 
     /// The credentials in force now (one snapshot per upstream call).
@@ -277,6 +281,7 @@ impl UpstreamClient {
             (None, None) => return Err(GatewayError::Internal),
         };
         headers.insert(X_USER_ID.clone(), user_id);
+        crate::telemetry::propagate(&mut headers, client);
         Ok(headers)
     }
 
@@ -394,6 +399,11 @@ impl UpstreamClient {
             }
         }
     }
+}
+
+/// A client span per Kizen call; its context is what `traceparent` carries upstream.
+fn upstream_span(route: &'static str) -> tracing::Span {
+    tracing::info_span!("upstream", otel.name = %format_args!("kizen {route}"), otel.kind = "client", route)
 }
 
 fn filter_headers(credentials: &Credentials, upstream: &HeaderMap) -> HeaderMap {

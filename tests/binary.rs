@@ -288,3 +288,117 @@ async fn sighup_reloads_key_files_at_once() {
     assert!(child.wait().await.unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A stand-in OTLP/HTTP collector: records the bodies posted to /v1/traces.
+async fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use axum::{Router, body::Bytes, routing::post};
+    let received: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
+    let sink = received.clone();
+    let router = Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, received)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn opentelemetry_traces_are_exported_and_the_trace_continues_upstream() {
+    let gw = TestGateway::start().await; // its stand-in is the upstream
+    let (collector_url, received) = collector().await;
+    let dir = temp_dir("otel");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[telemetry]\notlp_traces = true\n[upstream]\nbase_url = \"{}\"\napi_key = \"value:{API_KEY}\"\nbusiness_id = \"value:{BUSINESS_ID}\"\nuser_id = \"value:{KIZEN_USER_ID}\"\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"value:{HS256_SECRET}\"\n",
+            gw.standin_url
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--config"])
+        .arg(&config)
+        .env_clear()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector_url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = read_until(&mut child, |line| line.contains("kizen-gateway listening")).await;
+    let addr: std::net::SocketAddr = lines
+        .last()
+        .and_then(|l| l.split(" addr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let response = gw
+        .client
+        .get(format!("http://{addr}{PRESIGN}?{DEFAULT_QUERY}"))
+        .bearer_auth(gw.token("alice"))
+        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+        .header("x-request-id", "otel-request-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Upstream sees the same trace, with the gateway's own span as the parent.
+    let forwarded = gw.forwarded(PRESIGN);
+    let traceparent = forwarded[0].header_values("traceparent");
+    assert_eq!(traceparent.len(), 1);
+    let parts: Vec<&str> = traceparent[0].split('-').collect();
+    assert_eq!(parts[1], trace_id);
+    assert_ne!(
+        parts[2], client_span,
+        "the gateway's upstream span is the parent"
+    );
+
+    // On shutdown the batch is flushed to the collector.
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().await.unwrap().success());
+    let bodies = received.lock().unwrap().concat();
+    let raw_trace_id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert!(
+        contains(&bodies, &raw_trace_id),
+        "spans of the client's trace were exported"
+    );
+    assert!(
+        contains(&bodies, b"otel-request-7"),
+        "the request id is a span attribute"
+    );
+    assert!(
+        contains(&bodies, b"kizen presign"),
+        "the upstream call is a span"
+    );
+    assert!(
+        !contains(&bodies, API_KEY.as_bytes()),
+        "no secret in any span"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -606,3 +606,38 @@ secret = "value:dbg-hs256-secret-4-0123456789abcdef0123456789"
         assert!(!text.contains("dbg-bare-secret-5"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn with_telemetry_off_the_clients_trace_context_goes_upstream_unchanged() {
+    let gw = TestGateway::start().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = gw
+        .client
+        .get(format!("{}{PRESIGN}?{DEFAULT_QUERY}", gw.url))
+        .bearer_auth(gw.token("alice"))
+        .header("traceparent", traceparent)
+        .header("tracestate", "vendor=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let forwarded = &gw.forwarded(PRESIGN)[0];
+    assert_eq!(forwarded.header_values("traceparent"), [traceparent]);
+    assert_eq!(forwarded.header_values("tracestate"), ["vendor=1"]);
+
+    // A malformed one is not passed on.
+    let response = gw
+        .client
+        .get(format!("{}{PRESIGN}?{DEFAULT_QUERY}", gw.url))
+        .bearer_auth(gw.token("alice"))
+        .header("traceparent", "not-a-traceparent")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        gw.forwarded(PRESIGN)[1]
+            .header_values("traceparent")
+            .is_empty()
+    );
+}
