@@ -96,6 +96,7 @@ async fn a_repeat_of_a_successful_confirmation_is_answered_from_memory() {
     assert_eq!(repeat.status(), 200);
     assert_eq!(repeat.headers()["idempotent-replayed"], "true");
     assert_eq!(repeat.headers()["content-type"], "application/json");
+    assert_eq!(repeat.headers()["cache-control"], "no-store");
     assert_eq!(repeat.bytes().await.unwrap(), first_body);
     assert_eq!(
         gw.forwarded(SUCCESS).len(),

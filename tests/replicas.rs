@@ -341,3 +341,30 @@ async fn quotas_on_redis_survive_a_gateway_restart() {
         .await;
     quotas_by_count_and_bytes_per_tier(fresh).await;
 }
+
+#[tokio::test]
+async fn a_presign_refused_by_a_quota_spends_no_rate_budget() {
+    let gw = TestGateway::builder()
+        .with_rate_limit(2, "1h")
+        .with_config("[quotas.tiers.default]\nmax_outstanding = 1\n")
+        .start()
+        .await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    for _ in 0..3 {
+        assert_problem(
+            gw.presign(&token).await,
+            429,
+            "too_many_outstanding_uploads",
+        )
+        .await;
+    }
+    assert_eq!(gw.confirm(&token, &issued).await.status(), 200);
+    let response = gw.presign(&token).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "the budget of 2 was not spent by the refusals"
+    );
+    assert_eq!(response.headers()["ratelimit-remaining"], "0");
+}

@@ -161,6 +161,7 @@ fn replay(stored: StoredResponse) -> Response {
         headers.insert(header::CONTENT_TYPE, content_type);
     }
     headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response.extensions_mut().insert(Outcome("replayed"));
     response
 }

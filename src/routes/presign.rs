@@ -32,11 +32,12 @@ pub async fn presign(
     let input = validate::presign(uri.query(), &state.config.presign)
         .map_err(GatewayError::InvalidInput)?;
 
-    let budget = state.presign_limiter.check(&user.id).await?;
+    // Quotas before the rate limit: a presign refused by a quota spends no rate budget.
     let now = state.clock.now();
     let usage = state.store.usage(&user.id, now).await?;
     let quotas = &state.config.quotas;
     quotas.check(user.tier.as_deref(), &usage, now)?;
+    let budget = state.presign_limiter.check(&user.id).await?;
 
     let answer = state
         .upstream
