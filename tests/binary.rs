@@ -47,6 +47,72 @@ async fn read_until(child: &mut Child, mut done: impl FnMut(&str) -> bool) -> Ve
     seen
 }
 
+/// The real binary, serving, with its stdout drained.
+struct Gateway {
+    child: Child,
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+}
+
+impl Gateway {
+    /// Starts the binary with the test secrets, `upstream` as Kizen, and `extra` TOML (which
+    /// must configure a key); listeners on free ports.
+    async fn start(
+        dir: &std::path::Path,
+        upstream: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let config = dir.join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"{upstream}\"\napi_key = \"value:{API_KEY}\"\nbusiness_id = \"value:{BUSINESS_ID}\"\nuser_id = \"value:{KIZEN_USER_ID}\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = read_until(&mut child, |line| line.contains("kizen-gateway listening")).await;
+        let field = |name: &str| -> std::net::SocketAddr {
+            lines
+                .last()
+                .and_then(|l| l.split(&format!(" {name}=")).nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("the listening line names the bound {name}"))
+        };
+        Self {
+            addr: field("addr"),
+            admin: field("admin"),
+            child,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+fn hs256_key(secret: &str) -> String {
+    format!("[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"{secret}\"\n")
+}
+
 #[tokio::test]
 async fn dev_mode_prints_steps_that_work_as_printed() {
     let mut child = Command::new(BIN)
@@ -102,35 +168,15 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         Scripted::Delay(Duration::from_millis(800)),
     );
     let dir = temp_dir("sigterm");
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"{}\"\napi_key = \"value:{API_KEY}\"\nbusiness_id = \"value:{BUSINESS_ID}\"\nuser_id = \"value:{KIZEN_USER_ID}\"\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"value:{HS256_SECRET}\"\n",
-            gw.standin_url
-        ),
+    let mut gateway = Gateway::start(
+        &dir,
+        &gw.standin_url,
+        &hs256_key(&format!("value:{HS256_SECRET}")),
+        &[("KIZEN_GATEWAY_SERVER__SHUTDOWN_GRACE", "20s")],
     )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_clear()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let lines = read_until(&mut child, |line| line.contains("kizen-gateway listening")).await;
-    let field = |name: &str| -> std::net::SocketAddr {
-        lines
-            .last()
-            .and_then(|l| l.split(&format!(" {name}=")).nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("the listening line names the bound {name}"))
-    };
-    let addr = field("addr");
-    let readyz = format!("http://{}/readyz", field("admin"));
+    .await;
+    let addr = gateway.addr;
+    let readyz = format!("http://{}/readyz", gateway.admin);
     assert_eq!(
         gw.client.get(&readyz).send().await.unwrap().status(),
         200,
@@ -152,12 +198,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     });
     gw.standin.wait_for_requests(PRESIGN, 1).await;
 
-    let pid = child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    gateway.signal("-TERM");
 
     // Readiness turns false first; the admin listener keeps answering while the drain lasts.
     let mut not_ready = false;
@@ -197,7 +238,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         200,
         "the in-flight request completed"
     );
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(20), gateway.child.wait())
         .await
         .expect("exits")
         .unwrap();
@@ -212,32 +253,12 @@ async fn sighup_reloads_key_files_at_once() {
     let secret_file = dir.join("jwt-secret");
     let new_secret = "after-sighup-0123456789abcdef0123456789abcdef";
     std::fs::write(&secret_file, HS256_SECRET).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[reload]\ninterval = \"1h\"\n[upstream]\nbase_url = \"{}\"\napi_key = \"value:{API_KEY}\"\nbusiness_id = \"value:{BUSINESS_ID}\"\nuser_id = \"value:{KIZEN_USER_ID}\"\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"file:{}\"\n",
-            gw.standin_url,
-            secret_file.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--config"])
-        .arg(&config)
-        .env_clear()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let lines = read_until(&mut child, |line| line.contains("kizen-gateway listening")).await;
-    let addr: std::net::SocketAddr = lines
-        .last()
-        .and_then(|l| l.split(" addr=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap();
+    let extra = format!(
+        "[reload]\ninterval = \"1h\"\n{}",
+        hs256_key(&format!("file:{}", secret_file.display()))
+    );
+    let mut gateway = Gateway::start(&dir, &gw.standin_url, &extra, &[]).await;
+    let addr = gateway.addr;
     let new_token = common::sign(
         jsonwebtoken::Algorithm::HS256,
         &jsonwebtoken::EncodingKey::from_secret(new_secret.as_bytes()),
@@ -260,14 +281,7 @@ async fn sighup_reloads_key_files_at_once() {
     std::fs::write(&secret_file, new_secret).unwrap();
     // The interval is an hour: only the signal can make the new key count.
     assert_eq!(presign(new_token.clone()).await, 401);
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    gateway.signal("-HUP");
     let mut accepted = false;
     for _ in 0..200 {
         if presign(new_token.clone()).await == 200 {
@@ -282,10 +296,8 @@ async fn sighup_reloads_key_files_at_once() {
         401,
         "the old key is retired"
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    assert!(child.wait().await.unwrap().success());
+    gateway.signal("-TERM");
+    assert!(gateway.child.wait().await.unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -319,32 +331,13 @@ async fn opentelemetry_traces_are_exported_and_the_trace_continues_upstream() {
     let gw = TestGateway::start().await; // its stand-in is the upstream
     let (collector_url, received) = collector().await;
     let dir = temp_dir("otel");
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[telemetry]\notlp_traces = true\n[upstream]\nbase_url = \"{}\"\napi_key = \"value:{API_KEY}\"\nbusiness_id = \"value:{BUSINESS_ID}\"\nuser_id = \"value:{KIZEN_USER_ID}\"\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"value:{HS256_SECRET}\"\n",
-            gw.standin_url
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--config"])
-        .arg(&config)
-        .env_clear()
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector_url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let lines = read_until(&mut child, |line| line.contains("kizen-gateway listening")).await;
-    let addr: std::net::SocketAddr = lines
-        .last()
-        .and_then(|l| l.split(" addr=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap();
+    let extra = format!(
+        "[telemetry]\notlp_traces = true\n{}",
+        hs256_key(&format!("value:{HS256_SECRET}"))
+    );
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str())];
+    let mut gateway = Gateway::start(&dir, &gw.standin_url, &extra, &env).await;
+    let addr = gateway.addr;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
@@ -371,15 +364,8 @@ async fn opentelemetry_traces_are_exported_and_the_trace_continues_upstream() {
     );
 
     // On shutdown the batch is flushed to the collector.
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(child.wait().await.unwrap().success());
+    gateway.signal("-TERM");
+    assert!(gateway.child.wait().await.unwrap().success());
     let bodies = received.lock().unwrap().concat();
     let raw_trace_id: Vec<u8> = (0..16)
         .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
