@@ -339,6 +339,11 @@ impl From<crate::store::StoreError> for GatewayError {
             }),
             StoreError::Full => GatewayError::StoreFull,
             StoreError::Unavailable => GatewayError::StoreUnavailable,
+            // Never overwrite what another user holds; the upstream's answer is unusable.
+            StoreError::Duplicate => {
+                tracing::error!("upstream issued an s3object_id that is already recorded");
+                GatewayError::Upstream(UpstreamFailure::BadResponse)
+            }
         }
     }
 }

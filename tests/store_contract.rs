@@ -371,6 +371,27 @@ pub async fn hostile_user_ids_do_not_collide(store: Arc<dyn UploadStore>) {
     }
 }
 
+pub async fn a_repeated_upload_id_never_overwrites(store: Arc<dyn UploadStore>) {
+    let now = t0();
+    let up = upload("alice", now);
+    store.record(up.clone(), 10, now).await.unwrap();
+    let again = IssuedUpload {
+        key: "other/key".into(),
+        ..up.clone()
+    };
+    assert_eq!(
+        store.record(again, 10, now).await,
+        Err(StoreError::Duplicate)
+    );
+    assert!(matches!(
+        store
+            .claim("alice", up.s3object_id, &up.key, now, LEASE)
+            .await
+            .unwrap(),
+        ClaimOutcome::Claimed { .. }
+    ));
+}
+
 pub async fn consumed_uploads_count_toward_the_day(store: Arc<dyn UploadStore>) {
     let now = t0();
     assert_eq!(store.usage("alice", now).await.unwrap(), Usage::default());
@@ -437,6 +458,7 @@ macro_rules! contract_suite {
                 expiry_then_forgetting,
                 per_user_cap_counts_open_uploads_only,
                 consumed_uploads_count_toward_the_day,
+                a_repeated_upload_id_never_overwrites,
                 concurrent_claims_have_one_winner,
                 hostile_user_ids_do_not_collide,
             );

@@ -153,7 +153,7 @@ impl UploadStore for MemoryStore {
         let id = upload.s3object_id;
         if inner.entries.contains_key(&id) {
             // An upstream that repeats an s3object_id must not overwrite another user's upload.
-            return Err(StoreError::Unavailable);
+            return Err(StoreError::Duplicate);
         }
         let forget_at = add(upload.window_end, self.limits.remember_expired);
         inner

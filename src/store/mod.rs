@@ -89,6 +89,9 @@ pub enum StoreError {
     Full,
     #[error("the store is unavailable")]
     Unavailable,
+    /// The s3object_id is already recorded: the upstream issued one id twice.
+    #[error("the upload id is already recorded")]
+    Duplicate,
 }
 
 /// Bounds that are the store's own, fixed at construction.

@@ -345,6 +345,7 @@ impl UploadStore for RedisStore {
         let answer: String = self.run(invocation.invoke_async(&mut connection)).await?;
         match answer.as_str() {
             "OK" => Ok(()),
+            "DUPLICATE" => Err(StoreError::Duplicate),
             "CAP" => Err(StoreError::UserCapReached {
                 limit: max_outstanding,
             }),
