@@ -34,11 +34,11 @@ const RESPONSE_HEADER_ALLOWLIST: [HeaderName; 4] = [
     header::EXPIRES,
 ];
 
-/// rustls needs one process-wide crypto provider; ring keeps the build free of C toolchains.
+/// rustls needs one process-wide crypto provider: aws-lc-rs, the one jsonwebtoken verifies with.
 pub fn install_crypto_provider() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     });
 }
 

@@ -2,7 +2,7 @@
 //! a per-user index so that quota checks never scan the whole map.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap},
     sync::Mutex,
     time::Duration,
 };
@@ -30,31 +30,42 @@ struct Entry {
     forget_at: OffsetDateTime,
 }
 
-impl Entry {
-    fn is_outstanding(&self, now: OffsetDateTime) -> bool {
-        !matches!(self.state, State::Consumed(_)) && now <= self.upload.window_end
-    }
-}
-
 #[derive(Debug, Default)]
 struct Inner {
     entries: HashMap<Uuid, Entry>,
-    by_user: HashMap<String, HashSet<Uuid>>,
+    /// Per user, the uploads not yet consumed, ordered by window end: the open ones are those
+    /// whose window has not closed, so counting them is a trim of the front and a `len`.
+    open: HashMap<String, BTreeSet<(OffsetDateTime, Uuid)>>,
     by_forget_at: BTreeSet<(OffsetDateTime, Uuid)>,
     /// (user, yyyymmdd) -> (uploads, bytes) confirmed that day.
     daily: HashMap<(String, String), (u64, u64)>,
 }
 
 impl Inner {
-    fn outstanding(&self, user: &str, now: OffsetDateTime) -> usize {
-        self.by_user
-            .get(user)
-            .map(|ids| {
-                ids.iter()
-                    .filter(|id| self.entries.get(id).is_some_and(|e| e.is_outstanding(now)))
-                    .count()
-            })
-            .unwrap_or(0)
+    fn outstanding(&mut self, user: &str, now: OffsetDateTime) -> usize {
+        let Some(open) = self.open.get_mut(user) else {
+            return 0;
+        };
+        while open
+            .first()
+            .is_some_and(|(window_end, _)| *window_end < now)
+        {
+            open.pop_first();
+        }
+        let count = open.len();
+        if count == 0 {
+            self.open.remove(user);
+        }
+        count
+    }
+
+    fn close(&mut self, upload: &IssuedUpload) {
+        if let Some(open) = self.open.get_mut(&upload.user) {
+            open.remove(&(upload.window_end, upload.s3object_id));
+            if open.is_empty() {
+                self.open.remove(&upload.user);
+            }
+        }
     }
 
     fn purge(&mut self, now: OffsetDateTime) -> Vec<IssuedUpload> {
@@ -70,12 +81,7 @@ impl Inner {
             }
             self.by_forget_at.pop_first();
             if let Some(entry) = self.entries.remove(&id) {
-                if let Some(ids) = self.by_user.get_mut(&entry.upload.user) {
-                    ids.remove(&id);
-                    if ids.is_empty() {
-                        self.by_user.remove(&entry.upload.user);
-                    }
-                }
+                self.close(&entry.upload);
                 if !matches!(entry.state, State::Consumed(_)) {
                     never_confirmed.push(entry.upload);
                 }
@@ -118,7 +124,7 @@ fn add(at: OffsetDateTime, duration: Duration) -> OffsetDateTime {
 #[async_trait]
 impl UploadStore for MemoryStore {
     async fn usage(&self, user: &str, now: OffsetDateTime) -> Result<Usage, StoreError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let (uploads_today, bytes_today) = inner
             .daily
             .get(&(user.to_owned(), day_of(now)))
@@ -157,10 +163,10 @@ impl UploadStore for MemoryStore {
         }
         let forget_at = add(upload.window_end, self.limits.remember_expired);
         inner
-            .by_user
+            .open
             .entry(upload.user.clone())
             .or_default()
-            .insert(id);
+            .insert((upload.window_end, id));
         inner.by_forget_at.insert((forget_at, id));
         inner.entries.insert(
             id,
@@ -250,6 +256,8 @@ impl UploadStore for MemoryStore {
         }
         let keep = response.body.len() <= MAX_STORED_RESPONSE_BYTES;
         entry.state = State::Consumed(keep.then_some(response));
+        let stored = entry.upload.clone();
+        inner.close(&stored);
         let counter = inner
             .daily
             .entry((upload.user.clone(), day_of(now)))
