@@ -423,3 +423,19 @@ fn a_password_inside_a_redis_url_is_refused_without_being_echoed() {
     assert!(error.contains("store.redis.password"), "{error}");
     assert!(!error.contains("hunter2"), "{error}");
 }
+
+#[test]
+fn an_unreachable_redis_fails_the_start_naming_the_store() {
+    // A port that was free a moment ago: nothing answers there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = TempConfig::new(&format!(
+        "{}[store]\nkind = \"redis\"\n[store.redis]\nurls = [\"redis://127.0.0.1:{port}\"]\npassword = \"value:hunter2-redis\"\n",
+        minimal_toml()
+    ));
+    let output = check_config(file.path(), &[]);
+    assert_refused(&output, "store.redis", &["hunter2-redis"]);
+}
