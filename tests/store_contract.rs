@@ -16,7 +16,8 @@ use kizen_gateway::store::{RedisSettings, RedisStore, Usage};
 
 use bytes::Bytes;
 use kizen_gateway::store::{
-    ClaimOutcome, IssuedUpload, MemoryStore, StoreError, StoreLimits, StoredResponse, UploadStore,
+    ClaimOutcome, IssuedUpload, Lease, MemoryStore, StoreError, StoreLimits, StoredResponse,
+    UploadStore,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -41,6 +42,23 @@ fn answer() -> StoredResponse {
         status: 200,
         content_type: Some("application/json".into()),
         body: Bytes::from_static(b"{\"id\":1}"),
+    }
+}
+
+/// Claims `up` as `user`, which must succeed, and returns the lease.
+async fn claim_lease(
+    store: &Arc<dyn UploadStore>,
+    user: &str,
+    up: &IssuedUpload,
+    now: OffsetDateTime,
+) -> Lease {
+    match store
+        .claim(user, up.s3object_id, &up.key, now, LEASE)
+        .await
+        .unwrap()
+    {
+        ClaimOutcome::Claimed { lease, .. } => lease,
+        other => panic!("the claim must succeed, got {other:?}"),
     }
 }
 
@@ -130,13 +148,7 @@ pub async fn release_gives_the_upload_back(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
-    let ClaimOutcome::Claimed { lease, .. } = store
-        .claim("alice", up.s3object_id, &up.key, now, LEASE)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let lease = claim_lease(&store, "alice", &up, now).await;
     store.release(&up, lease).await.unwrap();
     assert!(matches!(
         store
@@ -151,22 +163,10 @@ pub async fn a_stale_lease_cannot_release_or_consume(store: Arc<dyn UploadStore>
     let now = t0();
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
-    let ClaimOutcome::Claimed { lease: old, .. } = store
-        .claim("alice", up.s3object_id, &up.key, now, LEASE)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let old = claim_lease(&store, "alice", &up, now).await;
     // The lease lapses (a replica died mid-confirmation); someone else claims.
     let later = now + LEASE + Duration::from_secs(1);
-    let ClaimOutcome::Claimed { lease: new, .. } = store
-        .claim("alice", up.s3object_id, &up.key, later, LEASE)
-        .await
-        .unwrap()
-    else {
-        panic!("an expired lease must not block the upload")
-    };
+    let new = claim_lease(&store, "alice", &up, later).await;
     assert_ne!(old, new);
     store.release(&up, old).await.unwrap();
     store.consume(&up, old, answer(), 7, now).await.unwrap();
@@ -191,13 +191,7 @@ pub async fn consume_keeps_the_answer_for_the_same_key_only(store: Arc<dyn Uploa
     let now = t0();
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
-    let ClaimOutcome::Claimed { lease, .. } = store
-        .claim("alice", up.s3object_id, &up.key, now, LEASE)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let lease = claim_lease(&store, "alice", &up, now).await;
     store.consume(&up, lease, answer(), 7, now).await.unwrap();
     assert_eq!(
         store
@@ -296,13 +290,7 @@ pub async fn per_user_cap_counts_open_uploads_only(store: Arc<dyn UploadStore>) 
     );
     store.record(upload("bob", now), 2, now).await.unwrap();
 
-    let ClaimOutcome::Claimed { lease, .. } = store
-        .claim("alice", first.s3object_id, &first.key, now, LEASE)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let lease = claim_lease(&store, "alice", &first, now).await;
     assert_eq!(
         store.usage("alice", now).await.unwrap().outstanding,
         2,
@@ -412,13 +400,7 @@ pub async fn consumed_uploads_count_toward_the_day(store: Arc<dyn UploadStore>) 
     }
     let released = upload("alice", now);
     store.record(released.clone(), 10, now).await.unwrap();
-    let ClaimOutcome::Claimed { lease, .. } = store
-        .claim("alice", released.s3object_id, &released.key, now, LEASE)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let lease = claim_lease(&store, "alice", &released, now).await;
     store.release(&released, lease).await.unwrap();
 
     let usage = store.usage("alice", now).await.unwrap();
