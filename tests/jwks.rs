@@ -29,7 +29,6 @@ use jsonwebtoken::{
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::watch};
 
-const CHALLENGE: &str = "Bearer error=\"invalid_token\"";
 const SYMMETRIC_SECRET: &[u8] = b"jwks-symmetric-secret-0123456789abcdef";
 
 /// What the JWKS endpoint answers.
@@ -179,48 +178,6 @@ fn ec_token(kid: &str) -> String {
     token(Algorithm::ES256, "ec256-private.pem", Some(kid), "alice")
 }
 
-/// Presigns with `token`, asserts the 200 and exactly one more forwarded presign.
-async fn accepted(gw: &TestGateway, token: &str) {
-    let before = gw.forwarded(PRESIGN).len();
-    let response = gw.presign(token).await;
-    assert_eq!(response.status(), 200, "token refused");
-    let body: Value = response.json().await.unwrap();
-    assert!(body["s3object_id"].is_string(), "an issued upload: {body}");
-    assert_eq!(
-        gw.forwarded(PRESIGN).len(),
-        before + 1,
-        "one presign forwarded"
-    );
-}
-
-/// Asserts a 401 with the challenge and `code`, and a body that does not echo the token.
-async fn assert_unauthorized(response: reqwest::Response, code: &str, token: &str) {
-    assert_eq!(response.status(), 401);
-    assert_eq!(
-        response
-            .headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok()),
-        Some(CHALLENGE)
-    );
-    let body = assert_problem(response, 401, code).await.to_string();
-    let signature = token.rsplit('.').next().unwrap();
-    assert!(!body.contains(token), "the body echoes the token");
-    assert!(!body.contains(signature), "the body echoes the signature");
-}
-
-/// Presigns with `token`, asserts the 401 `code` and nothing more forwarded.
-async fn rejected(gw: &TestGateway, token: &str, code: &str) {
-    let before = gw.forwarded(PRESIGN).len();
-    let response = gw.presign(token).await;
-    assert_unauthorized(response, code, token).await;
-    assert_eq!(
-        gw.forwarded(PRESIGN).len(),
-        before,
-        "a rejected request was forwarded"
-    );
-}
-
 #[tokio::test]
 async fn tokens_whose_kid_is_in_the_set_are_accepted() {
     let jwks = JwksServer::start(vec![
@@ -298,7 +255,7 @@ async fn unknown_kids_refetch_at_most_once_per_cooldown() {
     );
     let (ra, rb, rc) = tokio::join!(gw.presign(&a), gw.presign(&b), gw.presign(&c));
     for (response, token) in [(ra, &a), (rb, &b), (rc, &c)] {
-        assert_unauthorized(response, "token_unknown_key", token).await;
+        assert_unauthorized(response, &["token_unknown_key"], token).await;
     }
     assert!(gw.forwarded(PRESIGN).is_empty());
     assert_eq!(jwks.fetches(), 2, "one refetch for three unknown kids");
