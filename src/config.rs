@@ -97,12 +97,56 @@ pub struct AuthConfig {
     pub user_claim: String,
     pub issuers: Vec<String>,
     pub audiences: Vec<String>,
+    /// Accept tokens without checking `aud` although asymmetric keys are configured: any token
+    /// the identity provider signed, for any application. Refused unless set explicitly.
+    pub allow_any_audience: bool,
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
     pub max_token_bytes: usize,
     #[serde(default)]
     pub keys: Vec<StaticKeyConfig>,
     pub jwks: JwksConfig,
+}
+
+impl AuthConfig {
+    /// Whether a key is asymmetric (a public key file, or the JWKS): the identity provider signs
+    /// with it for every application it serves, not for this gateway alone.
+    pub fn has_asymmetric_keys(&self) -> bool {
+        self.jwks.url.is_some()
+            || self.keys.iter().any(|key| {
+                crate::auth::keys::parse_algorithm(&key.algorithm)
+                    .map_or(true, |a| a.family() != jsonwebtoken::AlgorithmFamily::Hmac)
+            })
+    }
+
+    /// Whether tokens are accepted whatever their `aud` although an asymmetric key verifies
+    /// them: only with `auth.allow_any_audience = true`.
+    pub fn accepts_any_audience(&self) -> bool {
+        self.audiences.is_empty() && self.has_asymmetric_keys()
+    }
+
+    /// Every issuer the configuration names, once: `auth.issuers`, then the issuers tied to a key
+    /// or to the JWKS.
+    pub fn configured_issuers(&self) -> Vec<&str> {
+        let tied = self
+            .keys
+            .iter()
+            .filter_map(|key| key.issuer.as_deref())
+            .chain(self.jwks.url.as_ref().and(self.jwks.issuer.as_deref()));
+        let mut all: Vec<&str> = Vec::new();
+        for issuer in self.issuers.iter().map(String::as_str).chain(tied) {
+            if !all.contains(&issuer) {
+                all.push(issuer);
+            }
+        }
+        all
+    }
+
+    /// With more than one issuer, a user is an issuer and a subject (see
+    /// [`crate::auth::qualified_user_id`]), and every key is tied to its issuer.
+    pub fn multiple_issuers(&self) -> bool {
+        self.configured_issuers().len() > 1
+    }
 }
 
 /// One configured verification key. Exactly one of `secret` (HS*) and `public_key_file` (others).
@@ -113,12 +157,16 @@ pub struct StaticKeyConfig {
     pub algorithm: String,
     pub secret: Option<SecretSource>,
     pub public_key_file: Option<std::path::PathBuf>,
+    /// The only `iss` a token verified by this key may carry.
+    pub issuer: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwksConfig {
     pub url: Option<String>,
+    /// The only `iss` a token verified by a key of this set may carry.
+    pub issuer: Option<String>,
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
     #[serde(with = "humantime_serde")]
@@ -341,6 +389,15 @@ impl Config {
         if let Some(url) = &a.jwks.url {
             check_http_url("auth.jwks.url", url)?;
         }
+        check_issuers(a)?;
+        if a.accepts_any_audience() && !a.allow_any_audience {
+            return Err(invalid(
+                "auth.audiences",
+                "required with auth.jwks.url or a public key, whose identity provider signs tokens \
+                 for other applications too: list the audiences of this gateway's tokens, or set \
+                 auth.allow_any_audience = true to accept tokens minted for any application",
+            ));
+        }
         crate::auth::keys::parse_rsa_algorithm(&a.jwks.rsa_algorithm)
             .map_err(|why| invalid("auth.jwks.rsa_algorithm", why))?;
         nonzero("auth.jwks.fetch_timeout", a.jwks.fetch_timeout)?;
@@ -475,6 +532,60 @@ fn without_source_lines(message: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Issuers are compared exactly and never contain whitespace: a space separates issuer and
+/// subject in the identity of a user when several issuers are configured.
+fn check_issuer(option: &str, issuer: &str) -> Result<(), ConfigError> {
+    if issuer.is_empty() || issuer.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            option,
+            format!("{issuer:?}: an issuer is non-empty and has no whitespace"),
+        ));
+    }
+    Ok(())
+}
+
+/// Each key and the JWKS verify the tokens of at most one issuer (their own `issuer`); with more
+/// than one issuer configured, every key must name its own.
+fn check_issuers(a: &AuthConfig) -> Result<(), ConfigError> {
+    for issuer in &a.issuers {
+        check_issuer("auth.issuers", issuer)?;
+    }
+    let jwks = a
+        .jwks
+        .url
+        .as_ref()
+        .map(|_| ("auth.jwks.issuer".to_owned(), &a.jwks.issuer));
+    let tied = a
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| (format!("auth.keys[{i}].issuer"), &key.issuer))
+        .chain(jwks);
+    let multiple = a.multiple_issuers();
+    for (option, issuer) in tied {
+        match issuer {
+            Some(issuer) => {
+                check_issuer(&option, issuer)?;
+                if !a.issuers.is_empty() && !a.issuers.contains(issuer) {
+                    return Err(invalid(
+                        &option,
+                        format!("{issuer:?} is not one of auth.issuers"),
+                    ));
+                }
+            }
+            None if multiple => {
+                return Err(invalid(
+                    &option,
+                    "required when more than one issuer is configured (auth.issuers, or the \
+                     issuers of keys): each key verifies the tokens of its own issuer only",
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 fn positive(option: &str, value: usize) -> Result<(), ConfigError> {

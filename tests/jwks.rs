@@ -1,20 +1,26 @@
 //! Keys from a JWKS endpoint: a small JWKS server in the test serves a key set that can be swapped
 //! at run time and counts its fetches. The gateway fetches once at start, refetches when a token
 //! names an unknown `kid` (at most once per cooldown), keeps the last good set when a fetch fails,
-//! and never takes a symmetric key or lets a token pick another algorithm than the key's.
+//! and never takes a symmetric key or lets a token pick another algorithm than the key's. The
+//! unknown-`kid` refetch is single-flight and nobody waits on a lock across it; an oversized
+//! chunked answer is dropped as soon as it passes the size limit.
 
 mod common;
 
 use std::{
+    convert::Infallible,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use axum::{
     Router,
+    body::{Body, Bytes},
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
@@ -40,6 +46,9 @@ enum Answer {
     Status(u16),
     /// 200, `application/json`, with this (not necessarily JSON) body.
     Raw(&'static str),
+    /// 200, `application/json`, chunked (no Content-Length), a body that never ends: see
+    /// [`Endless`].
+    Endless,
 }
 
 #[derive(Clone)]
@@ -47,6 +56,52 @@ struct Shared {
     answer: Arc<Mutex<Answer>>,
     fetches: Arc<AtomicUsize>,
     fetched: Arc<watch::Sender<usize>>,
+    /// While `false`, every fetch is held (counted, not answered) until the test opens it.
+    gate: Arc<watch::Sender<bool>>,
+    /// Bytes of [`Answer::Endless`] bodies handed to the connection, and whether one was dropped
+    /// (its connection closed).
+    endless_served: Arc<AtomicUsize>,
+    endless_dropped: Arc<watch::Sender<bool>>,
+}
+
+/// Served by [`Answer::Endless`] at most; then the body stays open without another byte.
+const ENDLESS_CAP: usize = 64 * 1024 * 1024;
+static ENDLESS_CHUNK: [u8; 64 * 1024] = [b' '; 64 * 1024];
+
+/// The start of a JWKS document, then whitespace in 64 KiB chunks (up to [`ENDLESS_CAP`]) and then
+/// nothing, never an end. Reports the bytes it produced and its drop.
+struct Endless {
+    started: bool,
+    served: Arc<AtomicUsize>,
+    dropped: Arc<watch::Sender<bool>>,
+}
+
+impl axum::body::HttpBody for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let chunk = if !self.started {
+            self.started = true;
+            Bytes::from_static(b"{\"keys\": [")
+        } else if self.served.load(Ordering::SeqCst) < ENDLESS_CAP {
+            Bytes::from_static(&ENDLESS_CHUNK)
+        } else {
+            // Never woken: the body ends only when its connection goes.
+            return Poll::Pending;
+        };
+        self.served.fetch_add(chunk.len(), Ordering::SeqCst);
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+    }
+}
+
+impl Drop for Endless {
+    fn drop(&mut self) {
+        self.dropped.send_replace(true);
+    }
 }
 
 /// The test's identity provider: `GET /jwks` answers the current [`Answer`].
@@ -60,6 +115,7 @@ async fn jwks_endpoint(State(shared): State<Shared>) -> Response {
     // Counted before answering: when the gateway has the answer, the count includes its fetch.
     let count = shared.fetches.fetch_add(1, Ordering::SeqCst) + 1;
     shared.fetched.send_replace(count);
+    let _ = shared.gate.subscribe().wait_for(|open| *open).await;
     let answer = shared.answer.lock().unwrap().clone();
     match answer {
         Answer::Document(document) => (
@@ -69,6 +125,15 @@ async fn jwks_endpoint(State(shared): State<Shared>) -> Response {
             .into_response(),
         Answer::Status(status) => StatusCode::from_u16(status).unwrap().into_response(),
         Answer::Raw(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Answer::Endless => (
+            [(header::CONTENT_TYPE, "application/json")],
+            Body::new(Endless {
+                started: false,
+                served: shared.endless_served.clone(),
+                dropped: shared.endless_dropped.clone(),
+            }),
+        )
+            .into_response(),
     }
 }
 
@@ -79,6 +144,9 @@ impl JwksServer {
             answer: Arc::new(Mutex::new(Answer::Document(json!({ "keys": keys })))),
             fetches: Arc::new(AtomicUsize::new(0)),
             fetched: Arc::new(sender),
+            gate: Arc::new(watch::Sender::new(true)),
+            endless_served: Arc::new(AtomicUsize::new(0)),
+            endless_dropped: Arc::new(watch::Sender::new(false)),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/jwks", listener.local_addr().unwrap());
@@ -101,6 +169,16 @@ impl JwksServer {
         *self.shared.answer.lock().unwrap() = answer;
     }
 
+    /// Holds every fetch from now on until [`JwksServer::release`].
+    fn hold(&self) {
+        self.shared.gate.send_replace(false);
+    }
+
+    /// Lets held and later fetches be answered.
+    fn release(&self) {
+        self.shared.gate.send_replace(true);
+    }
+
     fn fetches(&self) -> usize {
         self.shared.fetches.load(Ordering::SeqCst)
     }
@@ -116,10 +194,20 @@ impl JwksServer {
 
     /// A JWKS-only gateway in front of this endpoint, after its start-up fetch.
     async fn gateway(&self, refetch_cooldown: &str) -> TestGateway {
+        self.gateway_with_fetch_timeout(refetch_cooldown, "5s")
+            .await
+    }
+
+    async fn gateway_with_fetch_timeout(
+        &self,
+        refetch_cooldown: &str,
+        fetch_timeout: &str,
+    ) -> TestGateway {
         let gw = TestGateway::builder()
             .without_static_keys()
             .with_config(&format!(
-                "[auth.jwks]\nurl = \"{}\"\nrefetch_cooldown = \"{refetch_cooldown}\"\nrefresh_interval = \"1h\"\n",
+                "[auth.jwks]\nurl = \"{}\"\nrefetch_cooldown = \"{refetch_cooldown}\"\n\
+                 fetch_timeout = \"{fetch_timeout}\"\nrefresh_interval = \"1h\"\n",
                 self.url
             ))
             .start()
@@ -420,4 +508,122 @@ async fn rsa_keys_without_alg_get_the_configured_rsa_algorithm() {
     )
     .await;
     assert_eq!(jwks.fetches(), 1);
+}
+
+/// Presigns with each token at once, from tasks of their own; the answers in token order.
+async fn presign_all(gw: &Arc<TestGateway>, tokens: &[String]) -> Vec<reqwest::Response> {
+    let tasks: Vec<_> = tokens
+        .iter()
+        .map(|token| {
+            let (gw, token) = (Arc::clone(gw), token.clone());
+            tokio::spawn(async move { gw.presign(&token).await })
+        })
+        .collect();
+    let mut responses = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        responses.push(task.await.unwrap());
+    }
+    responses
+}
+
+#[tokio::test]
+async fn random_kids_during_a_stalled_fetch_share_it_and_wait_at_most_its_timeout() {
+    const REQUESTS: usize = 24;
+    // No cooldown: without a single flight every one of these requests would fetch, one after
+    // another, each waiting behind the fetch before it.
+    let fetch_timeout = Duration::from_secs(3);
+    let jwks = JwksServer::start(vec![rsa_jwk("rsa-1")]).await;
+    let gw = Arc::new(jwks.gateway_with_fetch_timeout("0s", "3s").await);
+    let tokens: Vec<String> = (0..REQUESTS)
+        .map(|_| rsa_token(&format!("random-{}", uuid::Uuid::new_v4())))
+        .collect();
+
+    // The endpoint takes each request and never answers while held.
+    jwks.hold();
+    let started = tokio::time::Instant::now();
+    let responses = tokio::time::timeout(Duration::from_secs(30), presign_all(&gw, &tokens))
+        .await
+        .expect("unknown kids were answered within a few fetch timeouts, not one per request");
+    let elapsed = started.elapsed();
+    for (response, token) in responses.into_iter().zip(&tokens) {
+        assert_unauthorized(response, &["token_unknown_key"], token).await;
+    }
+    assert_eq!(
+        jwks.fetches(),
+        2,
+        "one refetch for {REQUESTS} unknown kids, shared while it was in flight"
+    );
+    assert!(
+        elapsed < fetch_timeout * 3,
+        "answered after {elapsed:?}: bounded by the fetch timeout ({fetch_timeout:?})"
+    );
+    assert!(gw.forwarded(PRESIGN).is_empty());
+
+    // The timed-out refetch is over: the next unknown kid fetches again, and the cached set
+    // still serves.
+    jwks.release();
+    rejected(&gw, &rsa_token("ghost-after"), "token_unknown_key").await;
+    assert_eq!(jwks.fetches(), 3);
+    accepted(&gw, &rsa_token("rsa-1")).await;
+    assert_eq!(jwks.fetches(), 3);
+}
+
+#[tokio::test]
+async fn tokens_waiting_on_a_refetch_get_its_new_keys() {
+    const REQUESTS: usize = 12;
+    let jwks = JwksServer::start(vec![rsa_jwk("rsa-1")]).await;
+    let gw = Arc::new(jwks.gateway_with_fetch_timeout("0s", "30s").await);
+
+    // A rotation: the endpoint now serves a new key, tokens signed with it arrive together while
+    // the refetch they started is held.
+    jwks.serve_keys(vec![rsa_jwk("rsa-1"), rsa2_jwk("rsa-2")]);
+    jwks.hold();
+    let tokens: Vec<String> = (0..REQUESTS).map(|_| rsa2_token("rsa-2")).collect();
+    let all = tokio::spawn({
+        let gw = Arc::clone(&gw);
+        async move { presign_all(&gw, &tokens).await }
+    });
+    jwks.wait_for_fetches(2).await;
+    jwks.release();
+    let responses = tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .expect("answered once the refetch ended")
+        .unwrap();
+    for response in responses {
+        assert_eq!(response.status(), 200, "a token with the new kid refused");
+    }
+    // Each request started the refetch, joined it, or came after it and found the key.
+    assert_eq!(jwks.fetches(), 2, "one refetch");
+    assert_eq!(gw.forwarded(PRESIGN).len(), REQUESTS);
+}
+
+#[tokio::test]
+async fn a_chunked_jwks_answer_over_the_size_limit_is_dropped_without_reading_it_all() {
+    let jwks = JwksServer::start(vec![rsa_jwk("rsa-1")]).await;
+    // A fetch timeout far beyond the test's deadlines: only the size limit can end this fetch.
+    let gw = jwks.gateway_with_fetch_timeout("0s", "1h").await;
+
+    jwks.answer(Answer::Endless);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        rejected(&gw, &rsa_token("ghost"), "token_unknown_key"),
+    )
+    .await
+    .expect("the oversized answer was refused, not read to its end");
+    assert_eq!(jwks.fetches(), 2);
+    // The gateway dropped the connection: the endless body went with it.
+    let mut dropped = jwks.shared.endless_dropped.subscribe();
+    tokio::time::timeout(Duration::from_secs(30), dropped.wait_for(|d| *d))
+        .await
+        .expect("the gateway closed the connection of the oversized answer")
+        .unwrap();
+    let served = jwks.shared.endless_served.load(Ordering::SeqCst);
+    assert!(
+        served < ENDLESS_CAP,
+        "{served} bytes served: the gateway read on past its limit"
+    );
+
+    // The last good set stays.
+    accepted(&gw, &rsa_token("rsa-1")).await;
+    assert_eq!(jwks.fetches(), 2);
 }

@@ -1,11 +1,19 @@
 //! A JWKS endpoint's keys: fetched at start, refreshed in the background, refetched when a token
 //! names an unknown `kid` (at most once per cooldown), and the last good set kept when a fetch fails.
+//!
+//! The unknown-`kid` refetch is single-flight and runs in its own task: a request that needs it
+//! starts it or joins the one in flight, and waits for its end without holding any lock, at most
+//! for the fetch timeout. Within the cooldown nothing is fetched and the request is answered at
+//! once with the cached set.
 
-use std::sync::{Arc, RwLock};
+use std::{
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    time::Duration,
+};
 
 use jsonwebtoken::{Algorithm, jwk::Jwk};
 use serde::Deserialize;
-use tokio::{sync::Mutex, time::Instant};
+use tokio::{sync::watch, time::Instant};
 
 use super::keys::{ClaimRules, KeySet, VerificationKey, key_from_jwk};
 use crate::config::JwksConfig;
@@ -18,11 +26,35 @@ pub struct JwksCache {
     client: reqwest::Client,
     rsa_default: Algorithm,
     rules: ClaimRules,
-    refetch_cooldown: std::time::Duration,
+    refetch_cooldown: Duration,
+    /// Bound of one fetch (the HTTP client's whole-request timeout) and of a wait for a refetch.
+    fetch_timeout: Duration,
     keys: RwLock<Arc<KeySet>>,
-    /// Time of the last unknown-`kid` refetch; the mutex also makes concurrent refetches one.
-    last_refetch: Mutex<Option<Instant>>,
+    /// The unknown-`kid` refetch. Locked only to read or update it, never across a fetch.
+    refetch: Mutex<Refetch>,
     metrics: Arc<crate::metrics::Metrics>,
+}
+
+#[derive(Default)]
+struct Refetch {
+    /// When the last unknown-`kid` refetch started (the cooldown runs from there).
+    last_started: Option<Instant>,
+    /// The refetch in flight: its receiver turns `true` when it has ended, either way.
+    in_flight: Option<watch::Receiver<bool>>,
+}
+
+/// Ends a refetch, also if its task panics or is cancelled: clears the in-flight refetch (after the
+/// new set, if any, is in place) and then wakes its waiters.
+struct EndRefetch {
+    cache: Arc<JwksCache>,
+    ended: watch::Sender<bool>,
+}
+
+impl Drop for EndRefetch {
+    fn drop(&mut self) {
+        self.cache.refetch_state().in_flight = None;
+        self.ended.send_replace(true);
+    }
 }
 
 #[derive(Deserialize)]
@@ -52,8 +84,9 @@ impl JwksCache {
             rsa_default: super::keys::parse_rsa_algorithm(&config.rsa_algorithm)?,
             rules,
             refetch_cooldown: config.refetch_cooldown,
+            fetch_timeout: config.fetch_timeout,
             keys: RwLock::new(Arc::new(KeySet::default())),
-            last_refetch: Mutex::new(None),
+            refetch: Mutex::new(Refetch::default()),
             metrics,
         })
     }
@@ -87,26 +120,56 @@ impl JwksCache {
         }
     }
 
-    /// Called for a token whose `kid` is not cached. Refetches unless one happened within the
-    /// cooldown; returns the (possibly new) set.
-    pub async fn refetch_for_unknown_kid(&self, kid: &str) -> Arc<KeySet> {
-        let mut last = self.last_refetch.lock().await;
-        // Another request may have refetched while this one waited for the lock.
-        let current = self.keys();
-        if current.has_kid(kid) {
-            return current;
-        }
-        let now = Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < self.refetch_cooldown) {
-            return current;
-        }
-        *last = Some(now);
-        let _ = self.refresh().await;
+    fn refetch_state(&self) -> std::sync::MutexGuard<'_, Refetch> {
+        self.refetch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Called for a token whose `kid` is not cached. Starts a refetch unless one is in flight (then
+    /// joins it) or one started within the cooldown (then answers the cached set at once). Waits
+    /// for the refetch's end at most the fetch timeout, holding no lock; returns the (possibly new)
+    /// set.
+    pub async fn refetch_for_unknown_kid(self: &Arc<Self>, kid: &str) -> Arc<KeySet> {
+        let mut ended = {
+            let mut state = self.refetch_state();
+            // A refetch replaces the set before it leaves `in_flight`: one that ended while this
+            // request was on its way is seen here.
+            let current = self.keys();
+            if current.has_kid(kid) {
+                return current;
+            }
+            match &state.in_flight {
+                Some(ended) => ended.clone(),
+                None => {
+                    let now = Instant::now();
+                    if state
+                        .last_started
+                        .is_some_and(|at| now.duration_since(at) < self.refetch_cooldown)
+                    {
+                        return current;
+                    }
+                    state.last_started = Some(now);
+                    let (sender, ended) = watch::channel(false);
+                    state.in_flight = Some(ended.clone());
+                    // Its own task: a request that goes away cancels no fetch others wait for.
+                    let end = EndRefetch {
+                        cache: Arc::clone(self),
+                        ended: sender,
+                    };
+                    tokio::spawn(async move {
+                        let _ = end.cache.refresh().await;
+                        drop(end);
+                    });
+                    ended
+                }
+            }
+        };
+        // The fetch itself ends within the timeout; this bound only guards against a stuck task.
+        let _ = tokio::time::timeout(self.fetch_timeout, ended.wait_for(|&done| done)).await;
         self.keys()
     }
 
     async fn fetch(&self) -> Result<KeySet, String> {
-        let response = self
+        let mut response = self
             .client
             .get(self.url.clone())
             .header(http::header::ACCEPT, "application/json")
@@ -122,12 +185,18 @@ impl JwksCache {
         {
             return Err("document too large".into());
         }
-        let body = response
-            .bytes()
+        // Read piece by piece: a body without Content-Length (chunked) is dropped as soon as it
+        // passes the limit, never read in full first.
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| format!("reading body: {}", e.without_url()))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err("document too large".into());
+            .map_err(|e| format!("reading body: {}", e.without_url()))?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err("document too large".into());
+            }
+            body.extend_from_slice(&chunk);
         }
         let document: JwksDocument =
             serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
@@ -153,10 +222,7 @@ impl JwksCache {
     }
 
     /// Refreshes every `interval` until the returned task is aborted.
-    pub fn spawn_refresh(
-        self: &Arc<Self>,
-        interval: std::time::Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_refresh(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let cache = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
