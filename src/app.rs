@@ -27,7 +27,7 @@ use crate::{
     http_guard,
     metrics::Metrics,
     observability::{self, X_REQUEST_ID},
-    rate_limit::{MemoryLimiter, PresignLimiter, RateLimit, RedisLimiter},
+    rate_limit::{MemoryLimiter, RateLimit, RedisLimiter, UserRateLimiter},
     routes,
     store::{MemoryStore, RedisSettings, RedisStore, StoreLimits, UploadStore},
     upstream::{PRESIGN_PATH, SUCCESS_PATH, UpstreamClient},
@@ -38,7 +38,10 @@ pub struct App {
     pub verifier: Verifier,
     pub upstream: UpstreamClient,
     pub store: Arc<dyn UploadStore>,
-    pub presign_limiter: Arc<dyn PresignLimiter>,
+    pub presign_limiter: Arc<dyn UserRateLimiter>,
+    pub confirm_limiter: Arc<dyn UserRateLimiter>,
+    /// Retries the settle of forwarded confirmations whose outcome the store did not take.
+    pub settler: crate::settle::Settler,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     /// Set on SIGTERM: readiness turns false before the listener closes.
@@ -71,17 +74,21 @@ impl App {
     ) -> Result<Self, String> {
         let limits = StoreLimits {
             max_uploads: config.store.max_uploads,
+            max_uploads_per_user: config.store.max_uploads_per_user,
             remember_expired: config.confirm.remember_expired,
         };
         let rate = RateLimit {
             burst: config.presign.rate_limit_burst,
             period: config.presign.rate_limit_period,
         };
-        let (store, limiter): (Arc<dyn UploadStore>, Arc<dyn PresignLimiter>) =
+        let confirm_rate = confirm_rate_limit(&config);
+        type Limiter = Arc<dyn UserRateLimiter>;
+        let (store, limiter, confirm_limiter): (Arc<dyn UploadStore>, Limiter, Limiter) =
             match config.store.kind {
                 StoreKind::Memory => (
                     Arc::new(MemoryStore::new(limits)),
                     Arc::new(MemoryLimiter::new(rate)),
+                    Arc::new(MemoryLimiter::new(confirm_rate)),
                 ),
                 StoreKind::Redis => {
                     let redis = &config.store.redis;
@@ -100,24 +107,47 @@ impl App {
                         operation_timeout: redis.operation_timeout,
                     };
                     let store = RedisStore::connect(&settings, limits).await?;
-                    let key_store = store.key_builder();
+                    let keys = store.key_builder();
                     let limiter = RedisLimiter::new(
                         store.connection(),
-                        move |user| key_store.user_key(user, "rate"),
+                        move |user| keys.user_key(user, "rate"),
                         rate,
                         redis.operation_timeout,
                     );
-                    (Arc::new(store), Arc::new(limiter))
+                    let keys = store.key_builder();
+                    let confirm_limiter = RedisLimiter::new(
+                        store.connection(),
+                        move |user| keys.user_key(user, "confirm-rate"),
+                        confirm_rate,
+                        redis.operation_timeout,
+                    );
+                    (
+                        Arc::new(store),
+                        Arc::new(limiter),
+                        Arc::new(confirm_limiter),
+                    )
                 }
             };
-        Self::with_parts(config, store, limiter, clock)
+        Self::assemble(config, store, limiter, confirm_limiter, clock)
     }
 
-    /// Assembles an app from given parts (tests, embedding).
+    /// Assembles an app from given parts (tests, embedding); confirmations are rate-limited in
+    /// memory.
     pub fn with_parts(
         config: Config,
         store: Arc<dyn UploadStore>,
-        presign_limiter: Arc<dyn PresignLimiter>,
+        presign_limiter: Arc<dyn UserRateLimiter>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        let confirm_limiter = Arc::new(MemoryLimiter::new(confirm_rate_limit(&config)));
+        Self::assemble(config, store, presign_limiter, confirm_limiter, clock)
+    }
+
+    fn assemble(
+        config: Config,
+        store: Arc<dyn UploadStore>,
+        presign_limiter: Arc<dyn UserRateLimiter>,
+        confirm_limiter: Arc<dyn UserRateLimiter>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new());
@@ -129,12 +159,15 @@ impl App {
             metrics.clone(),
         )?;
         let upstream = UpstreamClient::new(&config.upstream, metrics.clone())?;
+        let settle_budget = config.confirm.claim_lease;
         Ok(Self {
             config,
             verifier,
             upstream,
-            store,
             presign_limiter,
+            confirm_limiter,
+            settler: crate::settle::Settler::new(store.clone(), metrics.clone(), settle_budget),
+            store,
             clock,
             metrics,
             draining: AtomicBool::new(false),
@@ -153,6 +186,13 @@ impl App {
         let by_expiry = expires_at + confirm.grace;
         let cap = issued_at + confirm.max_window;
         by_expiry.min(cap)
+    }
+}
+
+fn confirm_rate_limit(config: &Config) -> RateLimit {
+    RateLimit {
+        burst: config.confirm.rate_limit_burst,
+        period: config.confirm.rate_limit_period,
     }
 }
 

@@ -216,6 +216,12 @@ pub struct ConfirmConfig {
     pub public_sources: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub claim_lease: Duration,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub attempt_backoff: Duration,
+    pub rate_limit_burst: u32,
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_period: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +229,7 @@ pub struct ConfirmConfig {
 pub struct StoreConfig {
     pub kind: StoreKind,
     pub max_uploads: usize,
+    pub max_uploads_per_user: usize,
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
     pub redis: RedisConfig,
@@ -280,6 +287,9 @@ const NEVER_FORWARDED: [&str; 16] = [
     "content-length",
     "x-request-id",
 ];
+
+/// Room left in `confirm.claim_lease` beyond the timeouts of one forward and its settle.
+pub const CLAIM_LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// A configuration error: the option at fault and what is wrong with it, on one line.
 #[derive(Debug, thiserror::Error)]
@@ -464,6 +474,29 @@ impl Config {
         let c = &self.confirm;
         nonzero("confirm.max_window", c.max_window)?;
         nonzero("confirm.claim_lease", c.claim_lease)?;
+        // The forward and its settle must fit in the lease: the claim, the upstream call and the
+        // settle each take up to their timeouts, and the settle is retried until the lease ends.
+        let needed = self.upstream.request_timeout
+            + 2 * self.store.redis.operation_timeout
+            + CLAIM_LEASE_MARGIN;
+        if c.claim_lease < needed {
+            return Err(invalid(
+                "confirm.claim_lease",
+                format!(
+                    "must be at least upstream.request_timeout + 2 x store.redis.operation_timeout + {}s ({}ms here)",
+                    CLAIM_LEASE_MARGIN.as_secs(),
+                    needed.as_millis()
+                ),
+            ));
+        }
+        if c.max_attempts == 0 {
+            return Err(invalid("confirm.max_attempts", "must be at least 1"));
+        }
+        nonzero("confirm.attempt_backoff", c.attempt_backoff)?;
+        if c.rate_limit_burst == 0 {
+            return Err(invalid("confirm.rate_limit_burst", "must be at least 1"));
+        }
+        nonzero("confirm.rate_limit_period", c.rate_limit_period)?;
         if c.remember_expired < Duration::from_secs(3600) {
             return Err(invalid("confirm.remember_expired", "must be at least 1h"));
         }
@@ -478,6 +511,20 @@ impl Config {
         }
 
         positive("store.max_uploads", self.store.max_uploads)?;
+        if let Some((name, tier)) = self
+            .quotas
+            .tiers
+            .iter()
+            .find(|(_, tier)| tier.max_outstanding >= self.store.max_uploads_per_user)
+        {
+            return Err(invalid(
+                "store.max_uploads_per_user",
+                format!(
+                    "must exceed quotas.tiers.{name}.max_outstanding ({}), so that a user's open uploads always fit",
+                    tier.max_outstanding
+                ),
+            ));
+        }
         nonzero("store.sweep_interval", self.store.sweep_interval)?;
         let r = &self.store.redis;
         if self.store.kind == StoreKind::Redis {

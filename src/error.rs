@@ -70,6 +70,10 @@ pub enum GatewayError {
     PayloadTooLarge { limit: usize },
     #[error("rate limited")]
     RateLimited(RateLimitHeaders),
+    #[error("confirmations rate limited")]
+    ConfirmationRateLimited(RateLimitHeaders),
+    #[error("confirmation attempts exhausted")]
+    AttemptsExhausted { retry_after: Duration },
     #[error("too many outstanding uploads")]
     QuotaExceeded(QuotaExceeded),
     #[error("upload not found")]
@@ -131,7 +135,10 @@ impl GatewayError {
             MalformedRequest { .. } | InvalidInput(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RateLimited(_) | QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited(_)
+            | ConfirmationRateLimited(_)
+            | AttemptsExhausted { .. }
+            | QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             KeyMismatch => StatusCode::FORBIDDEN,
             UploadExpired => StatusCode::GONE,
             ConfirmationInProgress | AlreadyConfirmed => StatusCode::CONFLICT,
@@ -153,7 +160,8 @@ impl GatewayError {
             InvalidInput(_) => "invalid_input",
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
-            RateLimited(_) => "rate_limited",
+            RateLimited(_) | ConfirmationRateLimited(_) => "rate_limited",
+            AttemptsExhausted { .. } => "confirmation_attempts_exhausted",
             QuotaExceeded(q) => match q.kind {
                 QuotaKind::Outstanding => "too_many_outstanding_uploads",
                 QuotaKind::UploadsPerDay => "daily_upload_quota_exceeded",
@@ -196,6 +204,14 @@ impl GatewayError {
             RateLimited(headers) => format!(
                 "too many presign requests; retry in {} s",
                 headers.retry_after.map(|d| d.as_secs().max(1)).unwrap_or(1)
+            ),
+            ConfirmationRateLimited(headers) => format!(
+                "too many confirmations; retry in {} s",
+                headers.retry_after.map(|d| d.as_secs().max(1)).unwrap_or(1)
+            ),
+            AttemptsExhausted { retry_after } => format!(
+                "this upload failed to confirm too many times; retry in {} s",
+                whole_seconds_ceil(*retry_after).max(1)
             ),
             QuotaExceeded(q) => match q.kind {
                 QuotaKind::Outstanding => format!(
@@ -251,7 +267,15 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            GatewayError::RateLimited(limit) => limit.write(headers),
+            GatewayError::RateLimited(limit) | GatewayError::ConfirmationRateLimited(limit) => {
+                limit.write(headers)
+            }
+            GatewayError::AttemptsExhausted { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(whole_seconds_ceil(*retry_after).max(1)),
+                );
+            }
             GatewayError::QuotaExceeded(QuotaExceeded {
                 resets_at: Some(at),
                 ..

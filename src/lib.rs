@@ -14,6 +14,7 @@
 //! - [`rate_limit`]: per-user presign budget (memory or Redis) and its headers.
 //! - [`quota`]: per-tier quotas: open uploads, uploads and bytes per day.
 //! - [`store`]: the upload store trait and its backends (memory, Redis).
+//! - [`settle`]: recording a forwarded confirmation's outcome, retried while the store fails.
 //! - [`upstream`]: the constructed upstream calls and the filtering of their answers.
 //! - [`error`]: the one error type and its problem+json response.
 //! - [`telemetry`]: optional OpenTelemetry traces and W3C trace context upstream.
@@ -38,6 +39,7 @@ pub mod reload;
 pub mod routes;
 pub mod secrets;
 pub mod server;
+pub mod settle;
 pub mod standin;
 pub mod store;
 pub mod telemetry;
@@ -139,6 +141,7 @@ fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
                 Err(error) => tracing::warn!(%error, "store sweep failed"),
             }
             state.presign_limiter.prune();
+            state.confirm_limiter.prune();
         }
     })
 }

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub jwks_refreshes: Family<ResultLabels, Counter>,
     pub reloads: Family<ReloadLabels, Counter>,
+    pub settles: Family<ResultLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -90,6 +91,7 @@ impl Metrics {
             store_errors: Counter::default(),
             jwks_refreshes: Family::default(),
             reloads: Family::default(),
+            settles: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -116,7 +118,7 @@ impl Metrics {
         );
         registry.register(
             "rate_limited",
-            "Presigns refused by the per-user rate limit",
+            "Requests refused by a per-user rate limit (presigns or confirmations)",
             metrics.rate_limited.clone(),
         );
         registry.register(
@@ -164,6 +166,11 @@ impl Metrics {
             "Re-reads of secret and key files, by source and result",
             metrics.reloads.clone(),
         );
+        registry.register(
+            "confirmation_settles",
+            "Outcomes of forwarded confirmations recorded in the store, by result: settled, retried (a background retry after a store failure), stale (the claim was not held; an error), abandoned (retries ran out; the upload stays unconfirmable)",
+            metrics.settles.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -210,6 +217,11 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// Counts one settle of a forwarded confirmation.
+    pub fn settle_result(&self, result: &'static str) {
+        self.settles.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn render(&self) -> String {

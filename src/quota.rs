@@ -1,5 +1,16 @@
 //! Per-user quotas, by tier: open uploads at once, and confirmed uploads and bytes per UTC day.
-//! Checked before a presign is forwarded, against one read of the store.
+//! Checked before a presign is forwarded, against one read of the store; the daily quotas are
+//! checked again when a confirmation claims its upload (see [`crate::store::ClaimRules`]).
+//!
+//! What each guarantees:
+//! - `max_outstanding`: a user never holds more open uploads (atomic in the store's record).
+//! - `max_uploads_per_day`: a presign is refused once today's confirmed plus open uploads reach
+//!   it, and a confirmation is refused (never forwarded) once today's confirmed uploads reach it.
+//!   Concurrent confirmations of one user can each pass the claim check before either is counted,
+//!   so the count can be exceeded by the confirmations in flight at that moment.
+//! - `max_bytes_per_day`: no confirmation is forwarded once today's confirmed bytes reach it; the
+//!   confirmation that crosses it counts in full, so the day ends at most one file (plus those in
+//!   flight at once) above it. Each confirmation counts at most 2^53 - 1 bytes.
 
 use std::collections::BTreeMap;
 
@@ -105,8 +116,9 @@ impl QuotaConfig {
             return exceeded(QuotaKind::Outstanding, limits.max_outstanding as u64, None);
         }
         let midnight = next_utc_midnight(now);
+        // Open uploads count too: each may be confirmed today.
         if let Some(max) = limits.max_uploads_per_day
-            && usage.uploads_today >= max
+            && usage.uploads_today + usage.outstanding as u64 >= max
         {
             return exceeded(QuotaKind::UploadsPerDay, max, Some(midnight));
         }
@@ -177,10 +189,16 @@ mod tests {
         assert_eq!(kind(None, usage(2, 0, 0)), Some(QuotaKind::Outstanding));
         assert_eq!(kind(None, usage(0, 3, 0)), Some(QuotaKind::UploadsPerDay));
         assert_eq!(
+            kind(None, usage(1, 2, 0)),
+            Some(QuotaKind::UploadsPerDay),
+            "open uploads count toward the day"
+        );
+        assert_eq!(
             kind(Some("pro"), usage(0, 1000, 100)),
             Some(QuotaKind::BytesPerDay)
         );
         assert_eq!(kind(Some("pro"), usage(9, 1000, 99)), None);
+        assert_eq!(kind(None, usage(1, 1, 0)), None);
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub enum Scripted {
     Hang,
     /// Answer normally, after this long.
     Delay(Duration),
+    /// Answer normally once the test calls `notify_one` (the request is recorded before).
+    AfterSignal(Arc<tokio::sync::Notify>),
 }
 
 #[derive(Debug)]
@@ -278,6 +280,10 @@ async fn record_and_script(
         Some(Scripted::Hang) => std::future::pending().await,
         Some(Scripted::Delay(delay)) => {
             tokio::time::sleep(delay).await;
+            next.run(Request::from_parts(parts, body.into())).await
+        }
+        Some(Scripted::AfterSignal(signal)) => {
+            signal.notified().await;
             next.run(Request::from_parts(parts, body.into())).await
         }
         None => next.run(Request::from_parts(parts, body.into())).await,

@@ -18,22 +18,13 @@ use common::*;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use kizen_gateway::{
-    standin::{Endpoint, Scripted},
-    store::{
-        ClaimOutcome, IssuedUpload, Lease, MemoryStore, StoreError, StoreLimits, StoredResponse,
-        UploadStore, Usage,
-    },
-};
+use common::faulty_store::FaultyStore;
+use kizen_gateway::standin::{Endpoint, Scripted};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 const SPEC_FILE: &str = "openapi/kizen-gateway.openapi.json";
@@ -626,102 +617,6 @@ fn check_invariants(exchange: &Exchange) -> Vec<String> {
         _ => {}
     }
     violations
-}
-
-// ---------------------------------------------------------------------------------------------
-// A store that fails on demand (store_unavailable, internal_error)
-// ---------------------------------------------------------------------------------------------
-
-/// The memory store, made unavailable or made to panic while settling a confirmation (which runs
-/// in a task of its own: the handler sees a join error and answers `internal_error`).
-struct FaultyStore {
-    inner: MemoryStore,
-    unavailable: AtomicBool,
-    panic_on_consume: AtomicBool,
-}
-
-impl FaultyStore {
-    fn new() -> Self {
-        Self {
-            inner: MemoryStore::new(StoreLimits {
-                max_uploads: 1000,
-                remember_expired: Duration::from_secs(3600),
-            }),
-            unavailable: AtomicBool::new(false),
-            panic_on_consume: AtomicBool::new(false),
-        }
-    }
-
-    fn up(&self) -> Result<(), StoreError> {
-        match self.unavailable.load(Ordering::SeqCst) {
-            true => Err(StoreError::Unavailable),
-            false => Ok(()),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl UploadStore for FaultyStore {
-    async fn usage(&self, user: &str, now: OffsetDateTime) -> Result<Usage, StoreError> {
-        self.up()?;
-        self.inner.usage(user, now).await
-    }
-
-    async fn record(
-        &self,
-        upload: IssuedUpload,
-        max_outstanding: usize,
-        now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        self.up()?;
-        self.inner.record(upload, max_outstanding, now).await
-    }
-
-    async fn claim(
-        &self,
-        user: &str,
-        id: Uuid,
-        key: &str,
-        now: OffsetDateTime,
-        lease_for: Duration,
-    ) -> Result<ClaimOutcome, StoreError> {
-        self.up()?;
-        self.inner.claim(user, id, key, now, lease_for).await
-    }
-
-    async fn release(&self, upload: &IssuedUpload, lease: Lease) -> Result<(), StoreError> {
-        self.up()?;
-        self.inner.release(upload, lease).await
-    }
-
-    async fn consume(
-        &self,
-        upload: &IssuedUpload,
-        lease: Lease,
-        response: StoredResponse,
-        size_bytes: u64,
-        now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        if self.panic_on_consume.load(Ordering::SeqCst) {
-            panic!("FaultyStore: deliberate panic to provoke the gateway's internal_error");
-        }
-        self.up()?;
-        self.inner
-            .consume(upload, lease, response, size_bytes, now)
-            .await
-    }
-
-    async fn purge(&self, now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError> {
-        self.inner.purge(now).await
-    }
-
-    async fn entry_count(&self) -> Result<Option<usize>, StoreError> {
-        self.inner.entry_count().await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.up()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -496,6 +496,7 @@ async fn the_outstanding_cap_holds_until_an_upload_is_confirmed() {
 async fn an_upstream_400_passes_through_and_nothing_is_recorded() {
     let store = Arc::new(MemoryStore::new(StoreLimits {
         max_uploads: 1000,
+        max_uploads_per_user: 100,
         remember_expired: Duration::from_secs(3600),
     }));
     let gw = TestGateway::builder()

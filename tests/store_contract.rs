@@ -16,13 +16,18 @@ use kizen_gateway::store::{RedisSettings, RedisStore, Usage};
 
 use bytes::Bytes;
 use kizen_gateway::store::{
-    ClaimOutcome, IssuedUpload, Lease, MemoryStore, StoreError, StoreLimits, StoredResponse,
-    UploadStore,
+    ClaimOutcome, ClaimRules, DailyQuota, IssuedUpload, Lease, MAX_COUNTED_BYTES, MemoryStore,
+    Settled, StoreError, StoreLimits, StoredResponse, UploadStore,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-const LEASE: Duration = Duration::from_secs(60);
+const RULES: ClaimRules = ClaimRules {
+    max_attempts: 3,
+    attempt_backoff: Duration::from_secs(60),
+    max_uploads_per_day: None,
+    max_bytes_per_day: None,
+};
 const REMEMBER: Duration = Duration::from_secs(3600);
 
 fn upload(user: &str, now: OffsetDateTime) -> IssuedUpload {
@@ -53,7 +58,7 @@ async fn claim_lease(
     now: OffsetDateTime,
 ) -> Lease {
     match store
-        .claim(user, up.s3object_id, &up.key, now, LEASE)
+        .claim(user, up.s3object_id, &up.key, now, &RULES)
         .await
         .unwrap()
     {
@@ -73,7 +78,7 @@ pub async fn claim_takes_a_lease_once(store: Arc<dyn UploadStore>) {
     let ClaimOutcome::Claimed {
         upload: claimed, ..
     } = store
-        .claim("alice", up.s3object_id, &up.key, now, LEASE)
+        .claim("alice", up.s3object_id, &up.key, now, &RULES)
         .await
         .unwrap()
     else {
@@ -82,7 +87,7 @@ pub async fn claim_takes_a_lease_once(store: Arc<dyn UploadStore>) {
     assert_eq!(claimed, up);
     assert_eq!(
         store
-            .claim("alice", up.s3object_id, &up.key, now, LEASE)
+            .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::InFlight
@@ -95,14 +100,14 @@ pub async fn unknown_and_foreign_uploads_are_not_found(store: Arc<dyn UploadStor
     store.record(up.clone(), 10, now).await.unwrap();
     assert_eq!(
         store
-            .claim("alice", Uuid::new_v4(), &up.key, now, LEASE)
+            .claim("alice", Uuid::new_v4(), &up.key, now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::NotFound
     );
     assert_eq!(
         store
-            .claim("bob", up.s3object_id, &up.key, now, LEASE)
+            .claim("bob", up.s3object_id, &up.key, now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::NotFound
@@ -110,14 +115,14 @@ pub async fn unknown_and_foreign_uploads_are_not_found(store: Arc<dyn UploadStor
     // A user id that is a prefix or a case variant of another is another user.
     assert_eq!(
         store
-            .claim("Alice", up.s3object_id, &up.key, now, LEASE)
+            .claim("Alice", up.s3object_id, &up.key, now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::NotFound
     );
     assert_eq!(
         store
-            .claim("alic", up.s3object_id, &up.key, now, LEASE)
+            .claim("alic", up.s3object_id, &up.key, now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::NotFound
@@ -130,14 +135,14 @@ pub async fn a_wrong_key_is_refused_and_claims_nothing(store: Arc<dyn UploadStor
     store.record(up.clone(), 10, now).await.unwrap();
     assert_eq!(
         store
-            .claim("alice", up.s3object_id, "other", now, LEASE)
+            .claim("alice", up.s3object_id, "other", now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::KeyMismatch
     );
     assert!(matches!(
         store
-            .claim("alice", up.s3object_id, &up.key, now, LEASE)
+            .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::Claimed { .. }
@@ -149,41 +154,212 @@ pub async fn release_gives_the_upload_back(store: Arc<dyn UploadStore>) {
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
     let lease = claim_lease(&store, "alice", &up, now).await;
-    store.release(&up, lease).await.unwrap();
+    assert_eq!(
+        store.release(&up, lease, now, &RULES).await.unwrap(),
+        Settled::Done
+    );
     assert!(matches!(
         store
-            .claim("alice", up.s3object_id, &up.key, now, LEASE)
+            .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::Claimed { .. }
     ));
 }
 
-pub async fn a_stale_lease_cannot_release_or_consume(store: Arc<dyn UploadStore>) {
+pub async fn a_claim_never_lapses_and_only_its_lease_settles_it(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
-    let old = claim_lease(&store, "alice", &up, now).await;
-    // The lease lapses (a replica died mid-confirmation); someone else claims.
-    let later = now + LEASE + Duration::from_secs(1);
-    let new = claim_lease(&store, "alice", &up, later).await;
-    assert_ne!(old, new);
-    store.release(&up, old).await.unwrap();
-    store.consume(&up, old, answer(), 7, now).await.unwrap();
+    let lease = claim_lease(&store, "alice", &up, now).await;
+    // Long after any lease (the settle is late, or the replica died): the outcome may have
+    // reached the upstream, so the upload is never claimable again by waiting.
+    let later = up.window_end - Duration::from_secs(1);
     assert_eq!(
         store
-            .claim("alice", up.s3object_id, &up.key, later, LEASE)
+            .claim("alice", up.s3object_id, &up.key, later, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::InFlight
     );
-    store.consume(&up, new, answer(), 7, now).await.unwrap();
+    let foreign = Lease(Uuid::new_v4());
+    assert_eq!(
+        store.release(&up, foreign, later, &RULES).await.unwrap(),
+        Settled::Stale
+    );
     assert_eq!(
         store
-            .claim("alice", up.s3object_id, &up.key, later, LEASE)
+            .consume(&up, foreign, answer(), 7, later)
+            .await
+            .unwrap(),
+        Settled::Stale
+    );
+    assert_eq!(
+        store
+            .claim("alice", up.s3object_id, &up.key, later, &RULES)
+            .await
+            .unwrap(),
+        ClaimOutcome::InFlight,
+        "a foreign lease changed nothing"
+    );
+    assert_eq!(
+        store.consume(&up, lease, answer(), 7, later).await.unwrap(),
+        Settled::Done,
+        "a late settle of the claim's own lease lands"
+    );
+    assert_eq!(
+        store
+            .claim("alice", up.s3object_id, &up.key, later, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::AlreadyConfirmed(Some(answer()))
+    );
+    assert_eq!(
+        store.consume(&up, lease, answer(), 7, later).await.unwrap(),
+        Settled::Done,
+        "settling the same claim again (a retry after a timeout) is a no-op"
+    );
+    assert_eq!(
+        store.release(&up, lease, later, &RULES).await.unwrap(),
+        Settled::Stale,
+        "a confirmed claim cannot be released"
+    );
+    assert_eq!(store.usage("alice", later).await.unwrap().uploads_today, 1);
+}
+
+pub async fn failed_attempts_back_off(store: Arc<dyn UploadStore>) {
+    let now = t0();
+    let up = upload("alice", now);
+    store.record(up.clone(), 10, now).await.unwrap();
+    for _ in 0..RULES.max_attempts {
+        let lease = claim_lease(&store, "alice", &up, now).await;
+        store.release(&up, lease, now, &RULES).await.unwrap();
+    }
+    let until = now + RULES.attempt_backoff;
+    assert_eq!(
+        store
+            .claim("alice", up.s3object_id, &up.key, now, &RULES)
+            .await
+            .unwrap(),
+        ClaimOutcome::BackingOff { until }
+    );
+    assert_eq!(
+        store
+            .claim("alice", up.s3object_id, "other", now, &RULES)
+            .await
+            .unwrap(),
+        ClaimOutcome::KeyMismatch,
+        "the key is still checked first"
+    );
+    // Once the backoff has passed, one more attempt; its failure starts a new backoff.
+    let lease = claim_lease(&store, "alice", &up, until).await;
+    store.release(&up, lease, until, &RULES).await.unwrap();
+    assert_eq!(
+        store.release(&up, lease, until, &RULES).await.unwrap(),
+        Settled::Done,
+        "a repeated release of one claim counts once"
+    );
+    assert_eq!(
+        store
+            .claim("alice", up.s3object_id, &up.key, until, &RULES)
+            .await
+            .unwrap(),
+        ClaimOutcome::BackingOff {
+            until: until + RULES.attempt_backoff
+        }
+    );
+}
+
+pub async fn daily_quotas_are_checked_again_at_claim(store: Arc<dyn UploadStore>) {
+    let now = t0();
+    let one_a_day = ClaimRules {
+        max_uploads_per_day: Some(1),
+        ..RULES
+    };
+    let first = upload("alice", now);
+    let second = upload("alice", now);
+    store.record(first.clone(), 10, now).await.unwrap();
+    store.record(second.clone(), 10, now).await.unwrap();
+    let ClaimOutcome::Claimed { lease, .. } = store
+        .claim("alice", first.s3object_id, &first.key, now, &one_a_day)
+        .await
+        .unwrap()
+    else {
+        panic!("the first confirmation of the day is allowed")
+    };
+    store
+        .consume(&first, lease, answer(), 300, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim("alice", second.s3object_id, &second.key, now, &one_a_day)
+            .await
+            .unwrap(),
+        ClaimOutcome::DailyQuotaReached(DailyQuota::Uploads)
+    );
+    let bytes = ClaimRules {
+        max_bytes_per_day: Some(300),
+        ..RULES
+    };
+    assert_eq!(
+        store
+            .claim("alice", second.s3object_id, &second.key, now, &bytes)
+            .await
+            .unwrap(),
+        ClaimOutcome::DailyQuotaReached(DailyQuota::Bytes)
+    );
+    // Refusals took nothing: without the quotas, the upload is still claimable; and tomorrow too.
+    let tomorrow = now + Duration::from_secs(24 * 3600);
+    let mut later = second.clone();
+    later.window_end = tomorrow + Duration::from_secs(60);
+    let other = IssuedUpload {
+        s3object_id: Uuid::new_v4(),
+        ..later
+    };
+    store.record(other.clone(), 10, tomorrow).await.unwrap();
+    assert!(matches!(
+        store
+            .claim("alice", other.s3object_id, &other.key, tomorrow, &one_a_day)
+            .await
+            .unwrap(),
+        ClaimOutcome::Claimed { .. }
+    ));
+    assert!(matches!(
+        store
+            .claim("alice", second.s3object_id, &second.key, now, &RULES)
+            .await
+            .unwrap(),
+        ClaimOutcome::Claimed { .. }
+    ));
+}
+
+pub async fn a_huge_size_is_counted_capped(store: Arc<dyn UploadStore>) {
+    let now = t0();
+    for _ in 0..2 {
+        let up = upload("alice", now);
+        store.record(up.clone(), 10, now).await.unwrap();
+        let lease = claim_lease(&store, "alice", &up, now).await;
+        assert_eq!(
+            store
+                .consume(&up, lease, answer(), u64::MAX, now)
+                .await
+                .unwrap(),
+            Settled::Done
+        );
+        assert_eq!(
+            store
+                .claim("alice", up.s3object_id, &up.key, now, &RULES)
+                .await
+                .unwrap(),
+            ClaimOutcome::AlreadyConfirmed(Some(answer())),
+            "the upload is confirmed whole, never halfway"
+        );
+    }
+    let usage = store.usage("alice", now).await.unwrap();
+    assert_eq!(
+        (usage.uploads_today, usage.bytes_today),
+        (2, MAX_COUNTED_BYTES)
     );
 }
 
@@ -195,21 +371,21 @@ pub async fn consume_keeps_the_answer_for_the_same_key_only(store: Arc<dyn Uploa
     store.consume(&up, lease, answer(), 7, now).await.unwrap();
     assert_eq!(
         store
-            .claim("alice", up.s3object_id, &up.key, now, LEASE)
+            .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::AlreadyConfirmed(Some(answer()))
     );
     assert_eq!(
         store
-            .claim("alice", up.s3object_id, "other", now, LEASE)
+            .claim("alice", up.s3object_id, "other", now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::AlreadyConfirmed(None)
     );
     assert_eq!(
         store
-            .claim("bob", up.s3object_id, &up.key, now, LEASE)
+            .claim("bob", up.s3object_id, &up.key, now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::NotFound
@@ -228,7 +404,7 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
     assert!(
         matches!(
             store
-                .claim("alice", up.s3object_id, &up.key, up.window_end, LEASE)
+                .claim("alice", up.s3object_id, &up.key, up.window_end, &RULES)
                 .await
                 .unwrap(),
             ClaimOutcome::Claimed { .. }
@@ -240,7 +416,7 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
     let closed = other.window_end + Duration::from_secs(1);
     assert_eq!(
         store
-            .claim("alice", other.s3object_id, &other.key, closed, LEASE)
+            .claim("alice", other.s3object_id, &other.key, closed, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::Expired
@@ -255,7 +431,7 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
     assert!(store.purge(remembered).await.unwrap().is_empty());
     assert_eq!(
         store
-            .claim("alice", other.s3object_id, &other.key, remembered, LEASE)
+            .claim("alice", other.s3object_id, &other.key, remembered, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::Expired
@@ -270,7 +446,7 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
     );
     assert_eq!(
         store
-            .claim("alice", other.s3object_id, &other.key, forgotten, LEASE)
+            .claim("alice", other.s3object_id, &other.key, forgotten, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::NotFound
@@ -312,7 +488,7 @@ pub async fn concurrent_claims_have_one_winner(store: Arc<dyn UploadStore>) {
         let (store, up) = (store.clone(), up.clone());
         tasks.push(tokio::spawn(async move {
             store
-                .claim("alice", up.s3object_id, &up.key, now, LEASE)
+                .claim("alice", up.s3object_id, &up.key, now, &RULES)
                 .await
         }));
     }
@@ -349,7 +525,7 @@ pub async fn hostile_user_ids_do_not_collide(store: Arc<dyn UploadStore>) {
             if i != j {
                 assert_eq!(
                     store
-                        .claim(other, up.s3object_id, &up.key, now, LEASE)
+                        .claim(other, up.s3object_id, &up.key, now, &RULES)
                         .await
                         .unwrap(),
                     ClaimOutcome::NotFound
@@ -371,9 +547,23 @@ pub async fn a_repeated_upload_id_never_overwrites(store: Arc<dyn UploadStore>) 
         store.record(again, 10, now).await,
         Err(StoreError::Duplicate)
     );
+    // Ids are per user in every backend: another user's upload with the same id is its own.
+    let bobs = IssuedUpload {
+        user: "bob".into(),
+        key: "bob/key".into(),
+        ..up.clone()
+    };
+    store.record(bobs.clone(), 10, now).await.unwrap();
     assert!(matches!(
         store
-            .claim("alice", up.s3object_id, &up.key, now, LEASE)
+            .claim("alice", up.s3object_id, &up.key, now, &RULES)
+            .await
+            .unwrap(),
+        ClaimOutcome::Claimed { .. }
+    ));
+    assert!(matches!(
+        store
+            .claim("bob", bobs.s3object_id, &bobs.key, now, &RULES)
             .await
             .unwrap(),
         ClaimOutcome::Claimed { .. }
@@ -387,7 +577,7 @@ pub async fn consumed_uploads_count_toward_the_day(store: Arc<dyn UploadStore>) 
         let up = upload("alice", now);
         store.record(up.clone(), 10, now).await.unwrap();
         let ClaimOutcome::Claimed { lease, .. } = store
-            .claim("alice", up.s3object_id, &up.key, now, LEASE)
+            .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
             .unwrap()
         else {
@@ -401,7 +591,7 @@ pub async fn consumed_uploads_count_toward_the_day(store: Arc<dyn UploadStore>) 
     let released = upload("alice", now);
     store.record(released.clone(), 10, now).await.unwrap();
     let lease = claim_lease(&store, "alice", &released, now).await;
-    store.release(&released, lease).await.unwrap();
+    store.release(&released, lease, now, &RULES).await.unwrap();
 
     let usage = store.usage("alice", now).await.unwrap();
     assert_eq!(
@@ -435,7 +625,10 @@ macro_rules! contract_suite {
                 unknown_and_foreign_uploads_are_not_found,
                 a_wrong_key_is_refused_and_claims_nothing,
                 release_gives_the_upload_back,
-                a_stale_lease_cannot_release_or_consume,
+                a_claim_never_lapses_and_only_its_lease_settles_it,
+                failed_attempts_back_off,
+                daily_quotas_are_checked_again_at_claim,
+                a_huge_size_is_counted_capped,
                 consume_keeps_the_answer_for_the_same_key_only,
                 expiry_then_forgetting,
                 per_user_cap_counts_open_uploads_only,
@@ -460,6 +653,7 @@ macro_rules! contract_suite {
 fn limits() -> StoreLimits {
     StoreLimits {
         max_uploads: 1000,
+        max_uploads_per_user: 100,
         remember_expired: REMEMBER,
     }
 }
@@ -508,11 +702,13 @@ contract_suite!(redis_cluster, |limits| Box::pin(async move {
 
 /// The memory store's own bound: Redis is bounded by its maxmemory and its keys' TTLs instead.
 #[tokio::test]
-async fn a_full_memory_store_refuses_and_never_evicts_live_uploads() {
+async fn a_full_memory_store_evicts_settled_and_expired_entries_never_open_ones() {
     let store = MemoryStore::new(StoreLimits {
         max_uploads: 3,
+        max_uploads_per_user: 100,
         remember_expired: REMEMBER,
     });
+    let store: Arc<dyn UploadStore> = Arc::new(store);
     let now = t0();
     let live: Vec<_> = (0..3).map(|i| upload(&format!("user{i}"), now)).collect();
     for up in &live {
@@ -520,30 +716,108 @@ async fn a_full_memory_store_refuses_and_never_evicts_live_uploads() {
     }
     assert_eq!(
         store.record(upload("late", now), 10, now).await,
+        Err(StoreError::Full),
+        "every entry is open: nothing may be evicted"
+    );
+    // A confirmation in flight is not evicted either.
+    let _held = claim_lease(&store, "user0", &live[0], now).await;
+    assert_eq!(
+        store.record(upload("late", now), 10, now).await,
         Err(StoreError::Full)
     );
-    for up in &live {
-        assert!(matches!(
-            store
-                .claim(&up.user, up.s3object_id, &up.key, now, LEASE)
-                .await
-                .unwrap(),
-            ClaimOutcome::Claimed { .. }
-        ));
-    }
-    // Once entries are past their memory, room is made by forgetting them, and they are reported.
-    let much_later = now + Duration::from_secs(600) + REMEMBER + Duration::from_secs(1);
+    // A confirmed entry goes first, however recent.
+    let lease = claim_lease(&store, "user1", &live[1], now).await;
     store
-        .record(upload("late", much_later), 10, much_later)
+        .consume(&live[1], lease, answer(), 1, now)
         .await
         .unwrap();
-    let reported = store
-        .purge(much_later + REMEMBER + Duration::from_secs(700))
+    let late = upload("late", now);
+    store.record(late.clone(), 10, now).await.unwrap();
+    assert_eq!(
+        store
+            .claim("user1", live[1].s3object_id, &live[1].key, now, &RULES)
+            .await
+            .unwrap(),
+        ClaimOutcome::NotFound,
+        "the confirmed entry made room"
+    );
+    assert_eq!(store.entry_count().await.unwrap(), Some(3));
+    // Then expired ones: past the windows, a new upload takes the place of an expired one, not
+    // of the one still held by its confirmation.
+    let closed = live[2].window_end + Duration::from_secs(1);
+    store
+        .record(upload("later", closed), 10, closed)
         .await
         .unwrap();
     assert_eq!(
-        reported.len(),
-        1,
-        "the late upload, never confirmed, is reported when forgotten"
+        store
+            .claim("user0", live[0].s3object_id, &live[0].key, closed, &RULES)
+            .await
+            .unwrap(),
+        ClaimOutcome::InFlight,
+        "the claimed upload survived"
     );
+    assert_eq!(store.entry_count().await.unwrap(), Some(3));
+}
+
+#[tokio::test]
+async fn one_user_cannot_crowd_the_memory_store() {
+    let store: Arc<dyn UploadStore> = Arc::new(MemoryStore::new(StoreLimits {
+        max_uploads: 10,
+        max_uploads_per_user: 3,
+        remember_expired: REMEMBER,
+    }));
+    let now = t0();
+    let mut confirmed = Vec::new();
+    for i in 0..8 {
+        let mut up = upload("mallory", now);
+        up.window_end += Duration::from_secs(i);
+        store.record(up.clone(), 2, now).await.unwrap();
+        let lease = claim_lease(&store, "mallory", &up, now).await;
+        store.consume(&up, lease, answer(), 1, now).await.unwrap();
+        confirmed.push(up);
+    }
+    assert_eq!(
+        store.entry_count().await.unwrap(),
+        Some(3),
+        "mallory holds at most her own bound"
+    );
+    assert_eq!(
+        store
+            .claim(
+                "mallory",
+                confirmed[0].s3object_id,
+                &confirmed[0].key,
+                now,
+                &RULES
+            )
+            .await
+            .unwrap(),
+        ClaimOutcome::NotFound,
+        "her confirmed entry due to be forgotten soonest went first"
+    );
+    assert_eq!(
+        store
+            .claim(
+                "mallory",
+                confirmed[7].s3object_id,
+                &confirmed[7].key,
+                now,
+                &RULES
+            )
+            .await
+            .unwrap(),
+        ClaimOutcome::AlreadyConfirmed(Some(answer()))
+    );
+    assert_eq!(
+        store.usage("mallory", now).await.unwrap().uploads_today,
+        8,
+        "forgetting entries early never forgets the day's count"
+    );
+    for i in 0..7 {
+        store
+            .record(upload(&format!("user{i}"), now), 2, now)
+            .await
+            .unwrap();
+    }
 }

@@ -461,6 +461,7 @@ async fn an_unreachable_upstream_is_502_upstream_unreachable_promptly() {
 
     let store = Arc::new(MemoryStore::new(StoreLimits {
         max_uploads: 100,
+        max_uploads_per_user: 50,
         remember_expired: Duration::from_secs(3600),
     }));
     let gw = TestGateway::builder()

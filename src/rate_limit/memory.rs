@@ -10,8 +10,7 @@ use governor::{
     state::keyed::DefaultKeyedStateStore,
 };
 
-use super::{PresignLimiter, RateLimit, RateLimitHeaders};
-use crate::error::GatewayError;
+use super::{RateLimit, RateLimitError, RateLimitHeaders, UserRateLimiter};
 
 type KeyedLimiter =
     RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
@@ -36,15 +35,11 @@ impl MemoryLimiter {
             per_token,
         }
     }
-
-    pub fn tracked_users(&self) -> usize {
-        self.limiter.len()
-    }
 }
 
 #[async_trait]
-impl PresignLimiter for MemoryLimiter {
-    async fn check(&self, user: &str) -> Result<RateLimitHeaders, GatewayError> {
+impl UserRateLimiter for MemoryLimiter {
+    async fn check(&self, user: &str) -> Result<RateLimitHeaders, RateLimitError> {
         // Keyed by an owned String: governor's keyed state needs K: Clone + Hash.
         match self.limiter.check_key(&user.to_owned()) {
             Ok(snapshot) => {
@@ -58,7 +53,7 @@ impl PresignLimiter for MemoryLimiter {
             }
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                Err(GatewayError::RateLimited(RateLimitHeaders {
+                Err(RateLimitError::Limited(RateLimitHeaders {
                     limit: self.burst,
                     remaining: 0,
                     reset: self.per_token * (self.burst - 1) + wait,

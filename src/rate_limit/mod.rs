@@ -1,6 +1,7 @@
-//! Per-user presign rate limit (GCRA) and the `RateLimit-*` / `Retry-After` headers
-//! (draft-ietf-httpapi-ratelimit-headers) that tell a client where it stands. One trait, one
-//! file per backend: governor in memory for one replica, one Lua step in Redis for many.
+//! Per-user rate limits (GCRA), one for presigns and one for confirmations, and the
+//! `RateLimit-*` / `Retry-After` headers (draft-ietf-httpapi-ratelimit-headers) that tell a client
+//! where it stands. One trait, one file per backend: governor in memory for one replica, one Lua
+//! step in Redis for many.
 
 pub mod memory;
 pub mod redis;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::http::{HeaderMap, HeaderValue, header};
 
-use crate::error::{GatewayError, whole_seconds_ceil};
+use crate::error::whole_seconds_ceil;
 
 pub use memory::MemoryLimiter;
 pub use redis::RedisLimiter;
@@ -57,11 +58,21 @@ impl RateLimit {
     }
 }
 
+/// Why a request was not let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RateLimitError {
+    /// The budget is spent; the headers say how long to wait.
+    #[error("rate limited")]
+    Limited(RateLimitHeaders),
+    /// The backend could not answer: never taken as "allowed".
+    #[error("the rate limiter is unavailable")]
+    Unavailable,
+}
+
 #[async_trait]
-pub trait PresignLimiter: Send + Sync + 'static {
-    /// Takes one presign from `user`'s budget, or says how long to wait (`RateLimited`); a
-    /// backend that cannot answer says `StoreUnavailable`, never "allowed".
-    async fn check(&self, user: &str) -> Result<RateLimitHeaders, GatewayError>;
+pub trait UserRateLimiter: Send + Sync + 'static {
+    /// Takes one request from `user`'s budget, or says how long to wait.
+    async fn check(&self, user: &str) -> Result<RateLimitHeaders, RateLimitError>;
 
     /// Drops state of users whose budget is whole again (where the backend needs it).
     fn prune(&self) {}

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::Script;
 
-use super::{PresignLimiter, RateLimit, RateLimitHeaders};
-use crate::{error::GatewayError, store::redis::RedisConnection};
+use super::{RateLimit, RateLimitError, RateLimitHeaders, UserRateLimiter};
+use crate::store::redis::RedisConnection;
 
 const GCRA: &str = r#"
 -- KEYS: rate. ARGV: emission interval (us), burst. Returns allowed, remaining, retry_after_us, reset_us.
@@ -53,8 +53,8 @@ impl RedisLimiter {
 }
 
 #[async_trait]
-impl PresignLimiter for RedisLimiter {
-    async fn check(&self, user: &str) -> Result<RateLimitHeaders, GatewayError> {
+impl UserRateLimiter for RedisLimiter {
+    async fn check(&self, user: &str) -> Result<RateLimitHeaders, RateLimitError> {
         let mut connection = self.connection.clone();
         let mut invocation = self.script.prepare_invoke();
         invocation
@@ -70,12 +70,12 @@ impl PresignLimiter for RedisLimiter {
             Ok(answer) => answer,
             Err(_) => {
                 tracing::warn!("redis rate-limit check timed out");
-                return Err(GatewayError::StoreUnavailable);
+                return Err(RateLimitError::Unavailable);
             }
         };
         let (allowed, remaining, retry_after_us, reset_us) = answer.map_err(|error| {
             tracing::warn!(%error, "redis rate-limit check failed");
-            GatewayError::StoreUnavailable
+            RateLimitError::Unavailable
         })?;
         let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
         let headers = RateLimitHeaders {
@@ -87,7 +87,7 @@ impl PresignLimiter for RedisLimiter {
         if allowed == 1 {
             Ok(headers)
         } else {
-            Err(GatewayError::RateLimited(headers))
+            Err(RateLimitError::Limited(headers))
         }
     }
 }

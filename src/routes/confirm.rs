@@ -1,5 +1,8 @@
-//! `POST /api/s3/success`: authenticate, validate, claim the upload atomically, forward, then
-//! consume it (upstream 2xx) or release it (anything else) so that the user can retry.
+//! `POST /api/s3/success`: authenticate, validate, rate-limit, claim the upload atomically (owner,
+//! key, window, attempt backoff, daily quotas), forward, then settle the claim: consume it
+//! (upstream 2xx) or release it (anything else) so that the user can retry. The settle is retried
+//! in the background if the store fails (see [`crate::settle`]); until it lands the upload is never
+//! forwarded again.
 
 use axum::{
     Extension,
@@ -9,6 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::upstream_response;
 use crate::{
@@ -16,7 +20,10 @@ use crate::{
     auth::AuthenticatedUser,
     error::GatewayError,
     observability::{Outcome, RequestId, audit},
-    store::{ClaimOutcome, StoredResponse},
+    quota::{QuotaExceeded, QuotaKind, next_utc_midnight},
+    rate_limit::RateLimitError,
+    settle::Settlement,
+    store::{ClaimOutcome, ClaimRules, DailyQuota, StoredResponse},
     validate,
 };
 
@@ -36,26 +43,57 @@ pub async fn confirm(
     let body = read_limited(body, &headers, state.config.confirm.max_body_bytes).await?;
     let input = validate::confirm(&body).map_err(GatewayError::InvalidInput)?;
 
+    let budget = state
+        .confirm_limiter
+        .check(&user.id)
+        .await
+        .map_err(|error| match error {
+            RateLimitError::Limited(headers) => GatewayError::ConfirmationRateLimited(headers),
+            RateLimitError::Unavailable => GatewayError::StoreUnavailable,
+        })?;
+
     let now = state.clock.now();
+    let (tier_name, tier) = state.config.quotas.tier(user.tier.as_deref());
+    let confirm = &state.config.confirm;
+    let rules = ClaimRules {
+        max_attempts: confirm.max_attempts,
+        attempt_backoff: confirm.attempt_backoff,
+        max_uploads_per_day: tier.max_uploads_per_day,
+        max_bytes_per_day: tier.max_bytes_per_day,
+    };
     let claim = state
         .store
-        .claim(
-            &user.id,
-            input.uuid,
-            &input.key,
-            now,
-            state.config.confirm.claim_lease,
-        )
+        .claim(&user.id, input.uuid, &input.key, now, &rules)
         .await?;
+    let claimed_at = Instant::now();
     let (lease, upload) = match claim {
         ClaimOutcome::Claimed { lease, upload } => (lease, upload),
-        ClaimOutcome::AlreadyConfirmed(Some(stored)) => return Ok(replay(stored)),
+        ClaimOutcome::AlreadyConfirmed(Some(stored)) => {
+            let mut response = replay(stored);
+            budget.write(response.headers_mut());
+            return Ok(response);
+        }
         refused => {
             let error = match refused {
                 ClaimOutcome::NotFound => GatewayError::UploadNotFound,
                 ClaimOutcome::KeyMismatch => GatewayError::KeyMismatch,
                 ClaimOutcome::Expired => GatewayError::UploadExpired,
                 ClaimOutcome::InFlight => GatewayError::ConfirmationInProgress,
+                ClaimOutcome::BackingOff { until } => GatewayError::AttemptsExhausted {
+                    retry_after: (until - now).try_into().unwrap_or_default(),
+                },
+                ClaimOutcome::DailyQuotaReached(quota) => {
+                    let (kind, limit) = match quota {
+                        DailyQuota::Uploads => (QuotaKind::UploadsPerDay, tier.max_uploads_per_day),
+                        DailyQuota::Bytes => (QuotaKind::BytesPerDay, tier.max_bytes_per_day),
+                    };
+                    GatewayError::QuotaExceeded(QuotaExceeded {
+                        kind,
+                        tier: tier_name.to_owned(),
+                        limit: limit.unwrap_or_default(),
+                        resets_at: Some(next_utc_midnight(now)),
+                    })
+                }
                 _ => GatewayError::AlreadyConfirmed,
             };
             audit::rejected(
@@ -69,40 +107,44 @@ pub async fn confirm(
         }
     };
 
-    let is_public = input.is_public && state.config.confirm.public_sources.contains(&upload.source);
+    let is_public = input.is_public && confirm.public_sources.contains(&upload.source);
 
-    // The forward and the settling of the claim run in a task of their own: a client that hangs
-    // up must not cancel them halfway and leave the upload claimed until its lease runs out.
+    // The forward and the settle run in a task of their own: a client that hangs up must not
+    // cancel them halfway and leave the claim unsettled.
     let task = tokio::spawn(async move {
         let forwarded = state
             .upstream
             .confirm(&input, &upload, is_public, &user, &headers, &request_id.0)
             .await;
-        match forwarded {
+        let mut response = match forwarded {
             Ok(answer) if answer.status.is_success() => {
-                let stored = StoredResponse {
-                    status: answer.status.as_u16(),
-                    content_type: answer.content_type().map(str::to_owned),
-                    body: answer.body.clone(),
+                let settlement = Settlement::Confirmed {
+                    response: StoredResponse {
+                        status: answer.status.as_u16(),
+                        content_type: answer.content_type().map(str::to_owned),
+                        body: answer.body.clone(),
+                    },
+                    size_bytes: reported_size(&answer.body),
+                    at: state.clock.now(),
                 };
-                let size_bytes = reported_size(&answer.body);
-                let settled = state
-                    .store
-                    .consume(&upload, lease, stored, size_bytes, state.clock.now())
+                // Upstream accepted it: the client hears so whether or not the store took the
+                // outcome at once; a repeat meanwhile gets 409, never a second forward.
+                state
+                    .settler
+                    .settle(upload.clone(), lease, settlement, claimed_at)
                     .await;
-                if let Err(e) = settled {
-                    // Upstream accepted it: the client must hear so. A later repeat gets 409 at worst.
-                    tracing::error!(error = %e, s3object_id = %upload.s3object_id, "could not mark the upload confirmed");
-                }
                 audit::confirmed(&state.metrics, &upload, &request_id.0);
-                let mut response = upstream_response(answer, "confirmed");
-                response.extensions_mut().insert(Outcome("confirmed"));
-                Ok(response)
+                upstream_response(answer, "confirmed")
             }
             other => {
-                if let Err(e) = state.store.release(&upload, lease).await {
-                    tracing::error!(error = %e, s3object_id = %upload.s3object_id, "could not release the claim; it lapses with its lease");
-                }
+                let settlement = Settlement::Failed {
+                    at: state.clock.now(),
+                    rules,
+                };
+                state
+                    .settler
+                    .settle(upload.clone(), lease, settlement, claimed_at)
+                    .await;
                 let reason = match &other {
                     Ok(_) => "upstream_rejected_input",
                     Err(error) => error.code(),
@@ -114,9 +156,11 @@ pub async fn confirm(
                     reason,
                     &request_id.0,
                 );
-                other.map(|answer| upstream_response(answer, "upstream_rejected_input"))
+                other.map(|answer| upstream_response(answer, "upstream_rejected_input"))?
             }
-        }
+        };
+        budget.write(response.headers_mut());
+        Ok(response)
     });
     task.await.map_err(|_| GatewayError::Internal)?
 }
@@ -138,7 +182,8 @@ async fn read_limited(
         .map_err(|_| GatewayError::PayloadTooLarge { limit })
 }
 
-/// The stored object's `size_bytes`, counted toward the daily byte quota (0 when absent).
+/// The stored object's `size_bytes`, counted toward the daily byte quota (0 when absent; the
+/// store caps it).
 fn reported_size(body: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
     struct S3Object {

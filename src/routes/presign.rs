@@ -18,6 +18,7 @@ use crate::{
     error::{GatewayError, UpstreamFailure},
     observability::{Outcome, RequestId, audit},
     quota::{QuotaExceeded, QuotaKind},
+    rate_limit::RateLimitError,
     store::{IssuedUpload, StoreError},
     validate,
 };
@@ -37,7 +38,14 @@ pub async fn presign(
     let usage = state.store.usage(&user.id, now).await?;
     let quotas = &state.config.quotas;
     quotas.check(user.tier.as_deref(), &usage, now)?;
-    let budget = state.presign_limiter.check(&user.id).await?;
+    let budget = state
+        .presign_limiter
+        .check(&user.id)
+        .await
+        .map_err(|error| match error {
+            RateLimitError::Limited(headers) => GatewayError::RateLimited(headers),
+            RateLimitError::Unavailable => GatewayError::StoreUnavailable,
+        })?;
 
     let answer = state
         .upstream

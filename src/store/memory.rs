@@ -1,10 +1,12 @@
-//! The embedded store for one replica: a map under one mutex, an expiry index for the sweep, and
-//! a per-user index so that quota checks never scan the whole map.
+//! The embedded store for one replica: per-user maps under one mutex, plus two global indexes
+//! (every entry by window end, for the sweep and for eviction; confirmed entries, the first to go
+//! when the store is full). Records are compact: times as milliseconds, the user id and the source
+//! shared (`Arc<str>`) rather than copied per upload, so that an upload costs its S3 key and a few
+//! index slots.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::Mutex,
-    time::Duration,
+    sync::{Arc, Mutex},
 };
 
 use async_trait::async_trait;
@@ -12,82 +14,231 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    ClaimOutcome, IssuedUpload, Lease, MAX_STORED_RESPONSE_BYTES, StoreError, StoreLimits,
-    StoredResponse, UploadStore, Usage, day_of,
+    ClaimOutcome, ClaimRules, DailyQuota, IssuedUpload, Lease, MAX_COUNTED_BYTES,
+    MAX_STORED_RESPONSE_BYTES, Settled, StoreError, StoreLimits, StoredResponse, UploadStore,
+    Usage, from_unix_ms, unix_ms,
 };
+
+type UserId = Arc<str>;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Entries the sweep forgets per hold of the lock: a large expiry wave never stalls requests.
+const PURGE_BATCH: usize = 512;
 
 #[derive(Debug)]
 enum State {
+    /// Open for a confirmation.
     Issued,
-    Claimed { lease: Lease, until: OffsetDateTime },
-    Consumed(Option<StoredResponse>),
+    /// Held by one confirmation (`Entry::lease`) until it settles; it never lapses by itself.
+    Claimed,
+    Consumed(Option<Box<StoredResponse>>),
 }
 
 #[derive(Debug)]
 struct Entry {
-    upload: IssuedUpload,
+    key: Box<str>,
+    source: Arc<str>,
+    issued_ms: i64,
+    window_end_ms: i64,
+    /// The last claim's lease (nil before the first): a repeated settle of the same claim, after a
+    /// store timeout that hid its success, is recognised rather than counted as stale.
+    lease: Uuid,
+    /// Failed confirmations so far; none is taken before `retry_at_ms`.
+    failed: u32,
+    retry_at_ms: i64,
     state: State,
-    forget_at: OffsetDateTime,
+}
+
+#[derive(Debug, Default)]
+struct UserUploads {
+    uploads: HashMap<Uuid, Entry>,
+    /// Not yet consumed, by window end: those whose window has not closed are the open ones.
+    unconsumed: BTreeSet<(i64, Uuid)>,
+    /// Consumed, by window end.
+    consumed: BTreeSet<(i64, Uuid)>,
+}
+
+/// Confirmed uploads and bytes per user, for the current UTC day and the one before (a request
+/// that straddles midnight still finds its day).
+#[derive(Debug, Default)]
+struct DailyCounters {
+    day: i64,
+    counts: HashMap<UserId, (u64, u64)>,
+    previous_day: i64,
+    previous: HashMap<UserId, (u64, u64)>,
+}
+
+impl DailyCounters {
+    fn get(&self, user: &str, day: i64) -> (u64, u64) {
+        let counts = if day == self.day {
+            &self.counts
+        } else if day == self.previous_day {
+            &self.previous
+        } else {
+            return (0, 0);
+        };
+        counts.get(user).copied().unwrap_or_default()
+    }
+
+    fn roll_to(&mut self, day: i64) {
+        if day > self.day {
+            self.previous = if day == self.day + 1 {
+                std::mem::take(&mut self.counts)
+            } else {
+                HashMap::new()
+            };
+            self.previous_day = self.day;
+            self.counts = HashMap::new();
+            self.day = day;
+        }
+    }
+
+    fn count(&mut self, user: &UserId, day: i64, bytes: u64) {
+        self.roll_to(day);
+        let counts = if day == self.day {
+            &mut self.counts
+        } else if day == self.previous_day {
+            &mut self.previous
+        } else {
+            return;
+        };
+        let counter = counts.entry(user.clone()).or_default();
+        counter.0 += 1;
+        counter.1 = counter.1.saturating_add(bytes).min(MAX_COUNTED_BYTES);
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<Uuid, Entry>,
-    /// Per user, the uploads not yet consumed, ordered by window end: the open ones are those
-    /// whose window has not closed, so counting them is a trim of the front and a `len`.
-    open: HashMap<String, BTreeSet<(OffsetDateTime, Uuid)>>,
-    by_forget_at: BTreeSet<(OffsetDateTime, Uuid)>,
-    /// (user, yyyymmdd) -> (uploads, bytes) confirmed that day.
-    daily: HashMap<(String, String), (u64, u64)>,
+    users: HashMap<UserId, UserUploads>,
+    /// Every entry by window end: the sweep forgets from the front, and when the store is full,
+    /// entries at the front whose window has closed are evicted first.
+    by_window: BTreeSet<(i64, UserId, Uuid)>,
+    /// Consumed entries by window end: evicted next when the store is full.
+    consumed: BTreeSet<(i64, UserId, Uuid)>,
+    len: usize,
+    daily: DailyCounters,
+    /// The few distinct `source` values, shared by every entry.
+    sources: Vec<Arc<str>>,
 }
 
 impl Inner {
-    fn outstanding(&mut self, user: &str, now: OffsetDateTime) -> usize {
-        let Some(open) = self.open.get_mut(user) else {
-            return 0;
+    fn source(&mut self, source: &str) -> Arc<str> {
+        if let Some(known) = self.sources.iter().find(|s| ***s == *source) {
+            return known.clone();
+        }
+        let interned: Arc<str> = source.into();
+        self.sources.push(interned.clone());
+        interned
+    }
+
+    fn outstanding(&self, user: &str, now_ms: i64) -> usize {
+        self.users
+            .get(user)
+            .map_or(0, |u| u.unconsumed.range((now_ms, Uuid::nil())..).count())
+    }
+
+    /// Forgets one entry, returning it with its owner.
+    fn remove(&mut self, user: &str, id: Uuid) -> Option<(UserId, Entry)> {
+        let owner = self.users.get_key_value(user)?.0.clone();
+        let uploads = self.users.get_mut(user)?;
+        let entry = uploads.uploads.remove(&id)?;
+        let slot = (entry.window_end_ms, id);
+        uploads.unconsumed.remove(&slot);
+        uploads.consumed.remove(&slot);
+        if uploads.uploads.is_empty() {
+            self.users.remove(user);
+        }
+        let global = (entry.window_end_ms, owner.clone(), id);
+        self.by_window.remove(&global);
+        self.consumed.remove(&global);
+        self.len -= 1;
+        Some((owner, entry))
+    }
+
+    /// The first entry that may be forgotten early: among `closed` (past their window, oldest
+    /// first) one not held by a confirmation, else the oldest of `consumed`.
+    fn first_evictable<'a>(
+        &self,
+        mut closed: impl Iterator<Item = (&'a str, Uuid)>,
+        mut consumed: impl Iterator<Item = (&'a str, Uuid)>,
+    ) -> Option<(String, Uuid)> {
+        let unheld = |(user, id): &(&str, Uuid)| {
+            self.users
+                .get(*user)
+                .and_then(|u| u.uploads.get(id))
+                .is_some_and(|e| !matches!(e.state, State::Claimed))
         };
-        while open
-            .first()
-            .is_some_and(|(window_end, _)| *window_end < now)
-        {
-            open.pop_first();
-        }
-        let count = open.len();
-        if count == 0 {
-            self.open.remove(user);
-        }
-        count
+        closed
+            .find(unheld)
+            .or_else(|| consumed.next())
+            .map(|(user, id)| (user.to_owned(), id))
     }
 
-    fn close(&mut self, upload: &IssuedUpload) {
-        if let Some(open) = self.open.get_mut(&upload.user) {
-            open.remove(&(upload.window_end, upload.s3object_id));
-            if open.is_empty() {
-                self.open.remove(&upload.user);
-            }
-        }
-    }
-
-    fn purge(&mut self, now: OffsetDateTime) -> Vec<IssuedUpload> {
-        // Yesterday's counters still answer a request that straddles midnight; older ones go.
-        let today = day_of(now);
-        let yesterday = day_of(now - time::Duration::DAY);
-        self.daily
-            .retain(|(_, day), _| *day == today || *day == yesterday);
-        let mut never_confirmed = Vec::new();
-        while let Some(&(forget_at, id)) = self.by_forget_at.first() {
-            if forget_at > now {
+    /// Makes room for one more entry of `user`: first within the user's own bound, then within the
+    /// store's, by forgetting confirmed and expired entries. Never an open upload.
+    fn make_room(&mut self, user: &str, limits: &StoreLimits, now_ms: i64) -> bool {
+        while let Some(uploads) = self.users.get(user) {
+            if uploads.uploads.len() < limits.max_uploads_per_user {
                 break;
             }
-            self.by_forget_at.pop_first();
-            if let Some(entry) = self.entries.remove(&id) {
-                self.close(&entry.upload);
-                if !matches!(entry.state, State::Consumed(_)) {
-                    never_confirmed.push(entry.upload);
-                }
+            let closed = uploads
+                .unconsumed
+                .range(..(now_ms, Uuid::nil()))
+                .map(|(_, id)| (user, *id));
+            let consumed = uploads.consumed.iter().map(|(_, id)| (user, *id));
+            match self.first_evictable(closed, consumed) {
+                Some((owner, id)) => self.remove(&owner, id),
+                None => return false,
+            };
+        }
+        while self.len >= limits.max_uploads {
+            let closed = self
+                .by_window
+                .range(..(now_ms, UserId::from(""), Uuid::nil()))
+                .map(|(_, u, id)| (&**u, *id));
+            let consumed = self.consumed.iter().map(|(_, u, id)| (&**u, *id));
+            match self.first_evictable(closed, consumed) {
+                Some((owner, id)) => self.remove(&owner, id),
+                None => return false,
+            };
+        }
+        true
+    }
+
+    /// Forgets up to `PURGE_BATCH` entries whose memory has passed; `None` when none is left.
+    fn purge_batch(
+        &mut self,
+        now_ms: i64,
+        remember_ms: i64,
+        never_confirmed: &mut Vec<IssuedUpload>,
+    ) -> bool {
+        for _ in 0..PURGE_BATCH {
+            let Some((window_end_ms, user, id)) = self.by_window.first().cloned() else {
+                return false;
+            };
+            if window_end_ms.saturating_add(remember_ms) > now_ms {
+                return false;
+            }
+            if let Some((owner, entry)) = self.remove(&user, id)
+                && !matches!(entry.state, State::Consumed(_))
+            {
+                never_confirmed.push(issued(&owner, id, &entry));
             }
         }
-        never_confirmed
+        true
+    }
+}
+
+fn issued(user: &str, id: Uuid, entry: &Entry) -> IssuedUpload {
+    IssuedUpload {
+        s3object_id: id,
+        key: entry.key.to_string(),
+        user: user.to_owned(),
+        source: entry.source.to_string(),
+        issued_at: from_unix_ms(entry.issued_ms),
+        window_end: from_unix_ms(entry.window_end_ms),
     }
 }
 
@@ -112,26 +263,24 @@ impl MemoryStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    fn remember_ms(&self) -> i64 {
+        i64::try_from(self.limits.remember_expired.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
-fn add(at: OffsetDateTime, duration: Duration) -> OffsetDateTime {
-    at.checked_add(time::Duration::try_from(duration).unwrap_or(time::Duration::MAX))
-        .unwrap_or(
-            OffsetDateTime::from_unix_timestamp(253_402_300_799).expect("year 9999 is valid"),
-        )
+fn add_ms(at_ms: i64, duration: std::time::Duration) -> i64 {
+    at_ms.saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[async_trait]
 impl UploadStore for MemoryStore {
     async fn usage(&self, user: &str, now: OffsetDateTime) -> Result<Usage, StoreError> {
-        let mut inner = self.lock();
-        let (uploads_today, bytes_today) = inner
-            .daily
-            .get(&(user.to_owned(), day_of(now)))
-            .copied()
-            .unwrap_or_default();
+        let now_ms = unix_ms(now);
+        let inner = self.lock();
+        let (uploads_today, bytes_today) = inner.daily.get(user, now_ms.div_euclid(DAY_MS));
         Ok(Usage {
-            outstanding: inner.outstanding(user, now),
+            outstanding: inner.outstanding(user, now_ms),
             uploads_today,
             bytes_today,
         })
@@ -143,39 +292,48 @@ impl UploadStore for MemoryStore {
         max_outstanding: usize,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        let now_ms = unix_ms(now);
+        let id = upload.s3object_id;
         let mut inner = self.lock();
-        if inner.outstanding(&upload.user, now) >= max_outstanding {
+        if inner.outstanding(&upload.user, now_ms) >= max_outstanding {
             return Err(StoreError::UserCapReached {
                 limit: max_outstanding,
             });
         }
-        if inner.entries.len() >= self.limits.max_uploads {
-            // Forgetting what is past its memory is always allowed; live uploads are never evicted.
-            inner.purge(now);
-            if inner.entries.len() >= self.limits.max_uploads {
-                return Err(StoreError::Full);
-            }
-        }
-        let id = upload.s3object_id;
-        if inner.entries.contains_key(&id) {
-            // An upstream that repeats an s3object_id must not overwrite another user's upload.
+        if inner
+            .users
+            .get(upload.user.as_str())
+            .is_some_and(|u| u.uploads.contains_key(&id))
+        {
+            // An upstream that repeats an s3object_id must not overwrite an upload.
             return Err(StoreError::Duplicate);
         }
-        let forget_at = add(upload.window_end, self.limits.remember_expired);
-        inner
-            .open
-            .entry(upload.user.clone())
-            .or_default()
-            .insert((upload.window_end, id));
-        inner.by_forget_at.insert((forget_at, id));
-        inner.entries.insert(
+        if !inner.make_room(&upload.user, &self.limits, now_ms) {
+            return Err(StoreError::Full);
+        }
+        let source = inner.source(&upload.source);
+        let user: UserId = match inner.users.get_key_value(upload.user.as_str()) {
+            Some((user, _)) => user.clone(),
+            None => upload.user.as_str().into(),
+        };
+        let window_end_ms = unix_ms(upload.window_end);
+        let uploads = inner.users.entry(user.clone()).or_default();
+        uploads.unconsumed.insert((window_end_ms, id));
+        uploads.uploads.insert(
             id,
             Entry {
-                upload,
+                key: upload.key.into_boxed_str(),
+                source,
+                issued_ms: unix_ms(upload.issued_at),
+                window_end_ms,
+                lease: Uuid::nil(),
+                failed: 0,
+                retry_at_ms: i64::MIN,
                 state: State::Issued,
-                forget_at,
             },
         );
+        inner.by_window.insert((window_end_ms, user, id));
+        inner.len += 1;
         Ok(())
     }
 
@@ -185,58 +343,94 @@ impl UploadStore for MemoryStore {
         id: Uuid,
         key: &str,
         now: OffsetDateTime,
-        lease_for: Duration,
+        rules: &ClaimRules,
     ) -> Result<ClaimOutcome, StoreError> {
+        let now_ms = unix_ms(now);
+        let remember_ms = self.remember_ms();
         let mut inner = self.lock();
-        let Some(entry) = inner.entries.get_mut(&id) else {
+        let (uploads_today, bytes_today) = inner.daily.get(user, now_ms.div_euclid(DAY_MS));
+        let Some(entry) = inner
+            .users
+            .get_mut(user)
+            .and_then(|u| u.uploads.get_mut(&id))
+        else {
             return Ok(ClaimOutcome::NotFound);
         };
-        if entry.upload.user != user || now >= entry.forget_at {
+        if now_ms >= entry.window_end_ms.saturating_add(remember_ms) {
             return Ok(ClaimOutcome::NotFound);
         }
-        let key_matches = entry.upload.key == key;
+        let key_matches = *entry.key == *key;
         match &entry.state {
             State::Consumed(stored) => {
                 return Ok(ClaimOutcome::AlreadyConfirmed(if key_matches {
-                    stored.clone()
+                    stored.as_deref().cloned()
                 } else {
                     None
                 }));
             }
-            State::Claimed { until, .. } if now < *until => {
-                return Ok(if key_matches {
-                    ClaimOutcome::InFlight
-                } else {
-                    ClaimOutcome::KeyMismatch
-                });
-            }
-            _ => {}
+            _ if !key_matches => return Ok(ClaimOutcome::KeyMismatch),
+            State::Claimed => return Ok(ClaimOutcome::InFlight),
+            State::Issued => {}
         }
-        if !key_matches {
-            return Ok(ClaimOutcome::KeyMismatch);
-        }
-        if now > entry.upload.window_end {
+        if now_ms > entry.window_end_ms {
             return Ok(ClaimOutcome::Expired);
         }
+        if now_ms < entry.retry_at_ms {
+            return Ok(ClaimOutcome::BackingOff {
+                until: from_unix_ms(entry.retry_at_ms),
+            });
+        }
+        if rules
+            .max_uploads_per_day
+            .is_some_and(|max| uploads_today >= max)
+        {
+            return Ok(ClaimOutcome::DailyQuotaReached(DailyQuota::Uploads));
+        }
+        if rules
+            .max_bytes_per_day
+            .is_some_and(|max| bytes_today >= max)
+        {
+            return Ok(ClaimOutcome::DailyQuotaReached(DailyQuota::Bytes));
+        }
         let lease = Lease(Uuid::new_v4());
-        entry.state = State::Claimed {
-            lease,
-            until: add(now, lease_for),
-        };
+        entry.lease = lease.0;
+        entry.state = State::Claimed;
         Ok(ClaimOutcome::Claimed {
             lease,
-            upload: entry.upload.clone(),
+            upload: issued(user, id, entry),
         })
     }
 
-    async fn release(&self, upload: &IssuedUpload, lease: Lease) -> Result<(), StoreError> {
+    async fn release(
+        &self,
+        upload: &IssuedUpload,
+        lease: Lease,
+        now: OffsetDateTime,
+        rules: &ClaimRules,
+    ) -> Result<Settled, StoreError> {
         let mut inner = self.lock();
-        if let Some(entry) = inner.entries.get_mut(&upload.s3object_id)
-            && matches!(entry.state, State::Claimed { lease: held, .. } if held == lease)
-        {
-            entry.state = State::Issued;
+        let Some(entry) = inner
+            .users
+            .get_mut(upload.user.as_str())
+            .and_then(|u| u.uploads.get_mut(&upload.s3object_id))
+        else {
+            return Ok(Settled::Stale);
+        };
+        if entry.lease != lease.0 {
+            return Ok(Settled::Stale);
         }
-        Ok(())
+        match entry.state {
+            State::Claimed => {}
+            // This claim's release already landed.
+            State::Issued => return Ok(Settled::Done),
+            State::Consumed(_) => return Ok(Settled::Stale),
+        }
+        entry.failed = entry.failed.saturating_add(1);
+        if entry.failed >= rules.max_attempts {
+            entry.retry_at_ms = add_ms(unix_ms(now), rules.attempt_backoff);
+        }
+        entry.state = State::Issued;
+        Ok(Settled::Done)
     }
 
     async fn consume(
@@ -246,33 +440,60 @@ impl UploadStore for MemoryStore {
         response: StoredResponse,
         size_bytes: u64,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Settled, StoreError> {
         let mut inner = self.lock();
-        let Some(entry) = inner.entries.get_mut(&upload.s3object_id) else {
-            return Ok(());
+        let Some(owner) = inner
+            .users
+            .get_key_value(upload.user.as_str())
+            .map(|(owner, _)| owner.clone())
+        else {
+            return Ok(Settled::Stale);
         };
-        if !matches!(entry.state, State::Claimed { lease: held, .. } if held == lease) {
-            return Ok(());
+        let uploads = inner
+            .users
+            .get_mut(upload.user.as_str())
+            .expect("looked up above");
+        let Some(entry) = uploads.uploads.get_mut(&upload.s3object_id) else {
+            return Ok(Settled::Stale);
+        };
+        if entry.lease != lease.0 {
+            return Ok(Settled::Stale);
+        }
+        match entry.state {
+            State::Claimed => {}
+            // This claim's consume already landed.
+            State::Consumed(_) => return Ok(Settled::Done),
+            State::Issued => return Ok(Settled::Stale),
         }
         let keep = response.body.len() <= MAX_STORED_RESPONSE_BYTES;
-        entry.state = State::Consumed(keep.then_some(response));
-        let stored = entry.upload.clone();
-        inner.close(&stored);
-        let counter = inner
+        entry.state = State::Consumed(keep.then(|| Box::new(response)));
+        let slot = (entry.window_end_ms, upload.s3object_id);
+        uploads.unconsumed.remove(&slot);
+        uploads.consumed.insert(slot);
+        inner.consumed.insert((slot.0, owner.clone(), slot.1));
+        inner
             .daily
-            .entry((upload.user.clone(), day_of(now)))
-            .or_default();
-        counter.0 += 1;
-        counter.1 = counter.1.saturating_add(size_bytes);
-        Ok(())
+            .count(&owner, unix_ms(now).div_euclid(DAY_MS), size_bytes);
+        Ok(Settled::Done)
     }
 
     async fn purge(&self, now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError> {
-        Ok(self.lock().purge(now))
+        let now_ms = unix_ms(now);
+        let remember_ms = self.remember_ms();
+        self.lock().daily.roll_to(now_ms.div_euclid(DAY_MS));
+        let mut never_confirmed = Vec::new();
+        // In batches, letting requests take the lock in between.
+        while self
+            .lock()
+            .purge_batch(now_ms, remember_ms, &mut never_confirmed)
+        {
+            tokio::task::yield_now().await;
+        }
+        Ok(never_confirmed)
     }
 
     async fn entry_count(&self) -> Result<Option<usize>, StoreError> {
-        Ok(Some(self.lock().entries.len()))
+        Ok(Some(self.lock().len))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

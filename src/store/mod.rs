@@ -2,9 +2,13 @@
 //! every backend passes the same contract suite (`tests/store_contract.rs`).
 //!
 //! Lifecycle of one upload:
-//! `record` (issued) -> `claim` (a confirmation in flight, a lease) -> `consume` (upstream said 2xx)
-//! or `release` (upstream failed; the user may retry). After its window closes an unconsumed upload
-//! answers `Expired`, and every entry is forgotten `remember_expired` after its window.
+//! `record` (issued) -> `claim` (the commitment to forward one confirmation, under a lease) ->
+//! `consume` (upstream said 2xx) or `release` (upstream refused or was not reached; the user may
+//! retry, within the attempt limit). A claim never lapses by itself: once the call may have reached
+//! the upstream, only its own settle (`consume` or `release`, matched by the lease) ends it, so a
+//! confirmation is never forwarded twice, even when the store fails between the upstream's answer
+//! and the settle. After its window closes an unconsumed upload answers `Expired`, and every entry
+//! is forgotten `remember_expired` after its window.
 
 pub mod memory;
 pub mod redis;
@@ -39,6 +43,16 @@ pub fn day_of(at: OffsetDateTime) -> String {
     )
 }
 
+/// Milliseconds since the Unix epoch: how the stores keep instants.
+pub(crate) fn unix_ms(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn from_unix_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 /// An upload the gateway presigned for a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedUpload {
@@ -64,6 +78,41 @@ pub struct StoredResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease(pub Uuid);
 
+/// The rules a claim checks besides identity and key: the per-upload attempt limit and the
+/// user's daily quotas (checked again here, since a presign only saw the usage of its moment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimRules {
+    /// Failed confirmations (released claims) after which the upload backs off.
+    pub max_attempts: u32,
+    /// How long an upload that used up its attempts refuses new ones.
+    pub attempt_backoff: std::time::Duration,
+    /// Confirmed uploads per UTC day; `None`: no limit.
+    pub max_uploads_per_day: Option<u64>,
+    /// Confirmed bytes per UTC day; `None`: no limit.
+    pub max_bytes_per_day: Option<u64>,
+}
+
+/// Which daily quota refused a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DailyQuota {
+    Uploads,
+    Bytes,
+}
+
+/// What a settle (`consume` or `release`) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The claim was this lease's and is now settled.
+    Done,
+    /// The upload is gone or held under another lease: nothing was changed. This never happens
+    /// in a sound deployment; callers log and count it.
+    Stale,
+}
+
+/// Largest `size_bytes` counted for one confirmation, and for one user's day: a hostile or broken
+/// upstream answer cannot overflow the day's byte counter (2^53 - 1 stays exact in Lua's doubles).
+pub const MAX_COUNTED_BYTES: u64 = (1 << 53) - 1;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// This caller now holds the upload; it must `consume` or `release` it.
@@ -75,8 +124,15 @@ pub enum ClaimOutcome {
     NotFound,
     KeyMismatch,
     Expired,
-    /// Another confirmation holds an unexpired lease.
+    /// Another confirmation holds the upload and has not settled (it may be in flight, or its
+    /// outcome may not be recorded yet): answered 409, never forwarded again.
     InFlight,
+    /// The upload used up its confirmation attempts; it takes new ones again at `until`.
+    BackingOff {
+        until: OffsetDateTime,
+    },
+    /// The user reached a daily quota; the upload stays issued.
+    DailyQuotaReached(DailyQuota),
     /// Confirmed before. `Some` when the same key is repeated and the answer was kept.
     AlreadyConfirmed(Option<StoredResponse>),
 }
@@ -97,8 +153,12 @@ pub enum StoreError {
 /// Bounds that are the store's own, fixed at construction.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
-    /// Entries held at once, all states together.
+    /// Entries held at once, all states together. When full, confirmed and expired entries are
+    /// forgotten early to make room; an open upload is never evicted.
     pub max_uploads: usize,
+    /// Entries one user may hold, all states together: past it, that user's confirmed or
+    /// expired entry is forgotten early, so that one user cannot crowd the store.
+    pub max_uploads_per_user: usize,
     /// How long an entry is kept after its window closes.
     pub remember_expired: std::time::Duration,
 }
@@ -120,22 +180,31 @@ pub trait UploadStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<(), StoreError>;
 
-    /// Atomically checks that `user` may confirm `id` with `key` now, and if so takes a lease.
+    /// Atomically checks that `user` may confirm `id` with `key` now (owner, key, window, attempt
+    /// backoff, daily quotas of `rules`), and if so takes a lease. The claim holds until settled.
     async fn claim(
         &self,
         user: &str,
         id: Uuid,
         key: &str,
         now: OffsetDateTime,
-        lease_for: std::time::Duration,
+        rules: &ClaimRules,
     ) -> Result<ClaimOutcome, StoreError>;
 
-    /// Gives a claimed upload back (the confirmation failed); a no-op for a stale lease.
-    async fn release(&self, upload: &IssuedUpload, lease: Lease) -> Result<(), StoreError>;
+    /// Gives a claimed upload back (the upstream refused it, or was never reached) and counts the
+    /// failed attempt; after `rules.max_attempts` of them the upload backs off for
+    /// `rules.attempt_backoff` from `now`.
+    async fn release(
+        &self,
+        upload: &IssuedUpload,
+        lease: Lease,
+        now: OffsetDateTime,
+        rules: &ClaimRules,
+    ) -> Result<Settled, StoreError>;
 
     /// Marks a claimed upload confirmed for good, keeping the answer for repeats, and counts it
-    /// (and its `size_bytes`) toward the user's quota of the day of `now`. A no-op for a stale
-    /// lease.
+    /// (and its `size_bytes`, capped at [`MAX_COUNTED_BYTES`]) toward the user's quota of the day
+    /// of `now`.
     async fn consume(
         &self,
         upload: &IssuedUpload,
@@ -143,7 +212,7 @@ pub trait UploadStore: Send + Sync + 'static {
         response: StoredResponse,
         size_bytes: u64,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Settled, StoreError>;
 
     /// Forgets entries past their memory and returns the uploads among them that were never
     /// confirmed. Backends whose entries expire by themselves (Redis) forget without reporting.

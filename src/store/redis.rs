@@ -18,8 +18,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    ClaimOutcome, IssuedUpload, Lease, MAX_STORED_RESPONSE_BYTES, StoreError, StoreLimits,
-    StoredResponse, UploadStore, Usage, day_of,
+    ClaimOutcome, ClaimRules, DailyQuota, IssuedUpload, Lease, MAX_COUNTED_BYTES,
+    MAX_STORED_RESPONSE_BYTES, Settled, StoreError, StoreLimits, StoredResponse, UploadStore,
+    Usage, day_of, from_unix_ms, unix_ms,
 };
 
 /// A connection to one node (reconnecting by itself) or to a cluster.
@@ -123,8 +124,8 @@ return 'OK'
 "#;
 
 const CLAIM: &str = r#"
--- KEYS: upload. ARGV: now_ms, user, key, lease, lease_until_ms
-local f = redis.call('HMGET', KEYS[1], 'user', 'key', 'state', 'lease_until', 'window_end', 'forget',
+-- KEYS: upload, day. ARGV: now_ms, user, key, lease, max_uploads_per_day (or ''), max_bytes_per_day (or '')
+local f = redis.call('HMGET', KEYS[1], 'user', 'key', 'state', 'retry_at', 'window_end', 'forget',
   'source', 'issued', 'status', 'content_type', 'body')
 local now = tonumber(ARGV[1])
 if not f[1] or f[1] ~= ARGV[2] or now >= tonumber(f[6]) then return {'NOT_FOUND'} end
@@ -133,35 +134,56 @@ if f[3] == 'consumed' then
   if same_key and f[9] then return {'CONFIRMED', f[9], f[10] or '', f[11]} end
   return {'CONFIRMED'}
 end
-if f[3] == 'claimed' and now < tonumber(f[4]) then
-  if same_key then return {'IN_FLIGHT'} end
-  return {'KEY_MISMATCH'}
-end
 if not same_key then return {'KEY_MISMATCH'} end
+-- A claim is never taken over: only its own settle ends it.
+if f[3] == 'claimed' then return {'IN_FLIGHT'} end
 if now > tonumber(f[5]) then return {'EXPIRED'} end
-redis.call('HSET', KEYS[1], 'state', 'claimed', 'lease', ARGV[4], 'lease_until', ARGV[5])
+if f[4] and now < tonumber(f[4]) then return {'BACKING_OFF', f[4]} end
+if ARGV[5] ~= '' or ARGV[6] ~= '' then
+  local day = redis.call('HMGET', KEYS[2], 'uploads', 'bytes')
+  if ARGV[5] ~= '' and tonumber(day[1] or '0') >= tonumber(ARGV[5]) then return {'QUOTA', 'uploads'} end
+  if ARGV[6] ~= '' and tonumber(day[2] or '0') >= tonumber(ARGV[6]) then return {'QUOTA', 'bytes'} end
+end
+-- The claim's time is the Redis server's, whatever the replica's clock says.
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'state', 'claimed', 'lease', ARGV[4], 'claimed_at', t[1])
 return {'CLAIMED', f[2], f[7], f[8], f[5]}
 "#;
 
 const RELEASE: &str = r#"
--- KEYS: upload. ARGV: lease
-local f = redis.call('HMGET', KEYS[1], 'state', 'lease')
-if f[1] == 'claimed' and f[2] == ARGV[1] then redis.call('HSET', KEYS[1], 'state', 'issued') end
+-- KEYS: upload. ARGV: lease, max_attempts, retry_at_ms
+local f = redis.call('HMGET', KEYS[1], 'state', 'lease', 'failed')
+if f[2] ~= ARGV[1] then return 'STALE' end
+-- This claim's release already landed (a retry after a timeout that hid its success).
+if f[1] == 'issued' then return 'OK' end
+if f[1] ~= 'claimed' then return 'STALE' end
+local failed = tonumber(f[3] or '0') + 1
+redis.call('HSET', KEYS[1], 'state', 'issued', 'failed', failed)
+if failed >= tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'retry_at', ARGV[3]) end
 return 'OK'
 "#;
 
 const CONSUME: &str = r#"
 -- KEYS: upload, open, day. ARGV: lease, uuid, status, content_type, body (or ''), keep_body, size, day_ttl_ms
+-- Everything that can fail is computed before the first write: the script never stops halfway.
 local f = redis.call('HMGET', KEYS[1], 'state', 'lease')
-if f[1] ~= 'claimed' or f[2] ~= ARGV[1] then return 'STALE' end
+if f[2] ~= ARGV[1] then return 'STALE' end
+-- This claim's consume already landed (a retry after a timeout that hid its success).
+if f[1] == 'consumed' then return 'OK' end
+if f[1] ~= 'claimed' then return 'STALE' end
+local size = tonumber(ARGV[7])
+local ttl = tonumber(ARGV[8])
+if not size or not ttl or size < 0 then return redis.error_reply('consume: bad arguments') end
+local counted = tonumber(redis.call('HGET', KEYS[3], 'bytes') or '0') or 0
+local bytes = math.min(counted + size, 9007199254740991)
 redis.call('HSET', KEYS[1], 'state', 'consumed')
 if ARGV[6] == '1' then
   redis.call('HSET', KEYS[1], 'status', ARGV[3], 'content_type', ARGV[4], 'body', ARGV[5])
 end
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'uploads', 1)
-redis.call('HINCRBY', KEYS[3], 'bytes', ARGV[7])
-redis.call('PEXPIRE', KEYS[3], ARGV[8])
+redis.call('HSET', KEYS[3], 'bytes', string.format('%d', bytes))
+redis.call('PEXPIRE', KEYS[3], ttl)
 return 'OK'
 "#;
 
@@ -172,13 +194,12 @@ local day = redis.call('HMGET', KEYS[2], 'uploads', 'bytes')
 return {open, tonumber(day[1] or '0'), tonumber(day[2] or '0')}
 "#;
 
-fn millis(at: OffsetDateTime) -> i64 {
-    (at.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-fn from_millis(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+fn settled(answer: &str) -> Settled {
+    if answer == "OK" {
+        Settled::Done
+    } else {
+        Settled::Stale
+    }
 }
 
 fn hex(user: &str) -> String {
@@ -297,7 +318,7 @@ impl RedisStore {
 
     fn ttl_ms(&self, window_end: OffsetDateTime, now: OffsetDateTime) -> i64 {
         let forget = window_end + self.limits.remember_expired;
-        (millis(forget) - millis(now)).max(1)
+        (unix_ms(forget) - unix_ms(now)).max(1)
     }
 }
 
@@ -309,7 +330,7 @@ impl UploadStore for RedisStore {
         invocation
             .key(self.user_key(user, "open"))
             .key(self.user_key(user, &format!("day:{}", day_of(now))))
-            .arg(millis(now));
+            .arg(unix_ms(now));
         let (outstanding, uploads_today, bytes_today): (usize, u64, u64) =
             self.run(invocation.invoke_async(&mut connection)).await?;
         Ok(Usage {
@@ -332,16 +353,16 @@ impl UploadStore for RedisStore {
         invocation
             .key(self.user_key(&upload.user, &format!("up:{id}")))
             .key(self.user_key(&upload.user, "open"))
-            .arg(millis(now))
+            .arg(unix_ms(now))
             .arg(max_outstanding)
-            .arg(millis(upload.window_end))
+            .arg(unix_ms(upload.window_end))
             .arg(self.ttl_ms(upload.window_end, now))
             .arg(&id)
             .arg(&upload.key)
             .arg(&upload.user)
             .arg(&upload.source)
-            .arg(millis(upload.issued_at))
-            .arg(millis(forget));
+            .arg(unix_ms(upload.issued_at))
+            .arg(unix_ms(forget));
         let answer: String = self.run(invocation.invoke_async(&mut connection)).await?;
         match answer.as_str() {
             "OK" => Ok(()),
@@ -359,29 +380,44 @@ impl UploadStore for RedisStore {
         id: Uuid,
         key: &str,
         now: OffsetDateTime,
-        lease_for: Duration,
+        rules: &ClaimRules,
     ) -> Result<ClaimOutcome, StoreError> {
         let mut connection = self.connection.clone();
         let lease = Lease(Uuid::new_v4());
+        let limit = |max: Option<u64>| max.map(|m| m.to_string()).unwrap_or_default();
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
             .key(self.user_key(user, &format!("up:{id}")))
-            .arg(millis(now))
+            .key(self.user_key(user, &format!("day:{}", day_of(now))))
+            .arg(unix_ms(now))
             .arg(user)
             .arg(key)
             .arg(lease.0.to_string())
-            .arg(millis(now + lease_for));
+            .arg(limit(rules.max_uploads_per_day))
+            .arg(limit(rules.max_bytes_per_day));
         let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
         let text = |i: usize| -> Option<String> {
             answer
                 .get(i)
                 .and_then(|v| redis::from_redis_value(v.clone()).ok())
         };
+        let number = |i: usize| -> Result<i64, StoreError> {
+            text(i)
+                .and_then(|t| t.parse().ok())
+                .ok_or(StoreError::Unavailable)
+        };
         let outcome = match text(0).as_deref() {
             Some("NOT_FOUND") => ClaimOutcome::NotFound,
             Some("KEY_MISMATCH") => ClaimOutcome::KeyMismatch,
             Some("EXPIRED") => ClaimOutcome::Expired,
             Some("IN_FLIGHT") => ClaimOutcome::InFlight,
+            Some("BACKING_OFF") => ClaimOutcome::BackingOff {
+                until: from_unix_ms(number(1)?),
+            },
+            Some("QUOTA") => ClaimOutcome::DailyQuotaReached(match text(1).as_deref() {
+                Some("bytes") => DailyQuota::Bytes,
+                _ => DailyQuota::Uploads,
+            }),
             Some("CONFIRMED") => ClaimOutcome::AlreadyConfirmed(match (text(1), text(2)) {
                 (Some(status), Some(content_type)) => Some(StoredResponse {
                     status: status.parse().unwrap_or(200),
@@ -396,8 +432,6 @@ impl UploadStore for RedisStore {
             }),
             Some("CLAIMED") => {
                 let field = |i| text(i).ok_or(StoreError::Unavailable);
-                let issued_ms: i64 = field(3)?.parse().map_err(|_| StoreError::Unavailable)?;
-                let window_ms: i64 = field(4)?.parse().map_err(|_| StoreError::Unavailable)?;
                 ClaimOutcome::Claimed {
                     lease,
                     upload: IssuedUpload {
@@ -405,8 +439,8 @@ impl UploadStore for RedisStore {
                         key: field(1)?,
                         user: user.to_owned(),
                         source: field(2)?,
-                        issued_at: from_millis(issued_ms),
-                        window_end: from_millis(window_ms),
+                        issued_at: from_unix_ms(number(3)?),
+                        window_end: from_unix_ms(number(4)?),
                     },
                 }
             }
@@ -415,14 +449,24 @@ impl UploadStore for RedisStore {
         Ok(outcome)
     }
 
-    async fn release(&self, upload: &IssuedUpload, lease: Lease) -> Result<(), StoreError> {
+    async fn release(
+        &self,
+        upload: &IssuedUpload,
+        lease: Lease,
+        now: OffsetDateTime,
+        rules: &ClaimRules,
+    ) -> Result<Settled, StoreError> {
         let mut connection = self.connection.clone();
+        let retry_at = unix_ms(now)
+            .saturating_add(i64::try_from(rules.attempt_backoff.as_millis()).unwrap_or(i64::MAX));
         let mut invocation = self.scripts.release.prepare_invoke();
         invocation
             .key(self.user_key(&upload.user, &format!("up:{}", upload.s3object_id)))
-            .arg(lease.0.to_string());
-        let _: String = self.run(invocation.invoke_async(&mut connection)).await?;
-        Ok(())
+            .arg(lease.0.to_string())
+            .arg(rules.max_attempts)
+            .arg(retry_at);
+        let answer: String = self.run(invocation.invoke_async(&mut connection)).await?;
+        Ok(settled(&answer))
     }
 
     async fn consume(
@@ -432,7 +476,7 @@ impl UploadStore for RedisStore {
         response: StoredResponse,
         size_bytes: u64,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Settled, StoreError> {
         let mut connection = self.connection.clone();
         let keep = response.body.len() <= MAX_STORED_RESPONSE_BYTES;
         let mut invocation = self.scripts.consume.prepare_invoke();
@@ -450,10 +494,10 @@ impl UploadStore for RedisStore {
                 &b""[..]
             })
             .arg(if keep { "1" } else { "0" })
-            .arg(size_bytes)
+            .arg(size_bytes.min(MAX_COUNTED_BYTES))
             .arg(2 * 24 * 3600 * 1000);
-        let _: String = self.run(invocation.invoke_async(&mut connection)).await?;
-        Ok(())
+        let answer: String = self.run(invocation.invoke_async(&mut connection)).await?;
+        Ok(settled(&answer))
     }
 
     async fn purge(&self, _now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError> {

@@ -2,6 +2,7 @@
 //! builder with knobs, token signing, and assertion helpers.
 #![allow(dead_code)]
 
+pub mod faulty_store;
 pub mod redis;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -174,6 +175,9 @@ user_id = "value:{KIZEN_USER_ID}"
 request_timeout = "5s"
 [presign]
 rate_limit_burst = 1000
+[auth]
+# The harness's public keys and test JWKS serve tokens without `aud`; tests of audiences set them.
+allow_any_audience = true
 "#
         );
         let keys = if self.keys {

@@ -13,6 +13,7 @@ use std::{
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    pid: String,
     dir: PathBuf,
     extra: Vec<String>,
 }
@@ -44,6 +45,7 @@ impl RedisServer {
         let mut server = Self {
             port,
             child: None,
+            pid: String::new(),
             dir,
             extra,
         };
@@ -79,6 +81,12 @@ impl RedisServer {
             .expect("redis-server must be installed (see .ci/run)");
         self.child = Some(child);
         wait_until(Duration::from_secs(10), || ping(self.port)).expect("redis-server answers PING");
+        self.pid = redis_cli(self.port, &["INFO", "server"])
+            .and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("process_id:").map(|p| p.trim().to_owned()))
+            })
+            .expect("redis-server reports its pid");
     }
 
     pub fn url(&self) -> String {
@@ -92,6 +100,25 @@ impl RedisServer {
             let _ = child.wait();
         }
         wait_until(Duration::from_secs(10), || !ping(self.port)).expect("redis-server stopped");
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, commands wait unanswered, as in a
+    /// long GC-like stall or a VM pause.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT); it then executes what was sent meanwhile.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {}", self.pid);
     }
 
     /// Starts it again on the same port (its data is gone: persistence is off).
