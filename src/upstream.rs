@@ -1,6 +1,9 @@
 //! The Kizen upstream. Every call is *constructed*: fixed method and path, re-encoded validated
 //! parameters, the server-held credentials, and only allowlisted client headers. Answers are read
-//! with a size cap, scanned for a leaked API key, and reduced to allowlisted headers.
+//! with a size cap, scanned for a leaked API key (also JSON-escaped or percent-encoded), and
+//! reduced to allowlisted headers.
+
+mod echo;
 
 use std::sync::Once;
 
@@ -103,15 +106,20 @@ impl Credentials {
         .map(SecretHeaderValue::expose)
     }
 
+    /// Whether a header value holds one of the secrets, as is or encoded (see [`echo`]).
     fn names_a_secret(&self, bytes: &[u8]) -> bool {
-        self.secrets()
-            .any(|secret| contains(bytes, secret.as_bytes()))
+        let mut secrets: [&[u8]; 3] = [&[]; 3];
+        for (slot, secret) in secrets.iter_mut().zip(self.secrets()) {
+            *slot = secret.as_bytes();
+        }
+        echo::names_any(bytes, &secrets)
     }
 
-    /// Bodies are scanned for the API key only: the ids may legitimately appear in Kizen's data
-    /// (the business and the employee of an S3Object), the key never does.
+    /// Bodies are scanned for the API key only, as is or encoded (see [`echo`]): the ids may
+    /// legitimately appear in Kizen's data (the business in every S3 key it issues, the employee
+    /// of an S3Object), the key never does.
     fn leaks_api_key(&self, body: &[u8]) -> bool {
-        contains(body, self.api_key.expose().as_bytes())
+        echo::names_any(body, &[self.api_key.expose().as_bytes()])
     }
 }
 
@@ -416,11 +424,4 @@ fn filter_headers(credentials: &Credentials, upstream: &HeaderMap) -> HeaderMap 
         }
     }
     kept
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty()
-        && haystack
-            .windows(needle.len())
-            .any(|window| window == needle)
 }

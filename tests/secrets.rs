@@ -375,6 +375,243 @@ async fn a_confirm_answer_echoing_the_api_key_is_withheld_and_the_claim_released
     assert_eq!(gw.forwarded(SUCCESS).len(), 3);
 }
 
+/// Every byte of `text` as `%XX`, in upper or lower case hex.
+fn percent_every_byte(text: &str, upper: bool) -> String {
+    text.bytes()
+        .map(|b| match upper {
+            true => format!("%{b:02X}"),
+            false => format!("%{b:02x}"),
+        })
+        .collect()
+}
+
+/// Every character of `text` as a JSON `\uXXXX` escape, in upper or lower case hex.
+fn json_escape_every_char(text: &str, upper: bool) -> String {
+    text.encode_utf16()
+        .map(|unit| match upper {
+            true => format!("\\u{unit:04X}"),
+            false => format!("\\u{unit:04x}"),
+        })
+        .collect()
+}
+
+/// The JSON-escaped and percent-encoded spellings of `secret` an upstream answer might carry,
+/// each labelled. Every one is valid inside a JSON string.
+fn encoded_forms(secret: &str) -> Vec<(&'static str, String)> {
+    let form_encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    vec![
+        ("JSON \\/ for /", secret.replace('/', "\\/")),
+        (
+            "JSON \\u escapes, lower hex",
+            json_escape_every_char(secret, false),
+        ),
+        (
+            "JSON \\u escapes, upper hex",
+            json_escape_every_char(secret, true),
+        ),
+        (
+            "JSON \\u escapes of some characters",
+            secret
+                .replace('/', "\\u002F")
+                .replace('+', "\\u002b")
+                .replace(' ', "\\u0020")
+                .replace('é', "\\u00E9"),
+        ),
+        (
+            "percent-encoded bytes, upper hex",
+            percent_every_byte(secret, true),
+        ),
+        (
+            "percent-encoded bytes, lower hex",
+            percent_every_byte(secret, false),
+        ),
+        ("form-encoded (+ for space)", form_encoded.clone()),
+        (
+            "URL-encoded, lower hex, %20 for space",
+            form_encoded.replace('+', "%20").to_ascii_lowercase(),
+        ),
+        (
+            "a form-encoded URL in JSON with / and % escaped",
+            format!(
+                "https:\\/\\/kizen.example\\/debug?key={}",
+                form_encoded.replace('%', "\\u0025")
+            ),
+        ),
+    ]
+}
+
+/// An API key with the characters encoders change: `/`, `+`, a space and a non-ASCII letter.
+const AWKWARD_API_KEY: &str = "sk_live/9f2c+4e7a 1b3dé-kizen";
+
+#[tokio::test]
+async fn a_presign_answer_echoing_an_encoded_api_key_is_withheld_and_not_recorded() {
+    let gw = TestGateway::builder()
+        .with_config(&format!(
+            "[upstream]\napi_key = \"value:{AWKWARD_API_KEY}\"\n"
+        ))
+        .start()
+        .await;
+    let token = gw.token("alice");
+    for (i, (label, form)) in encoded_forms(AWKWARD_API_KEY).into_iter().enumerate() {
+        let id = uuid::Uuid::new_v4().to_string();
+        let body = presign_body(&id, json!({ "debug": "<echo>" })).replace("<echo>", &form);
+        serde_json::from_str::<Value>(&body).expect("a JSON answer");
+        gw.standin.script(
+            Endpoint::Presign,
+            respond(200, &[("content-type", "application/json")], body),
+        );
+        let response = gw.presign(&token).await;
+        let body = assert_problem(response, 502, "upstream_bad_response").await;
+        let text = body.to_string();
+        assert!(!text.contains(&form), "{label}: {text}");
+        assert_eq!(gw.forwarded(PRESIGN).len(), i + 1, "{label}");
+
+        // Not recorded: the upload cannot be confirmed.
+        let response = gw
+            .confirm_form(
+                &token,
+                &[
+                    ("uuid", &id),
+                    ("key", &format!("uploads/{id}/photo.png")),
+                    ("name", "photo.png"),
+                    ("etag", "abc"),
+                ],
+            )
+            .await;
+        assert_problem(response, 404, "upload_not_found").await;
+    }
+    assert!(gw.forwarded(SUCCESS).is_empty());
+
+    // The control: the same answer without the key passes.
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = presign_body(
+        &id,
+        json!({ "debug": "sk_live\\/9f2c+4e7a 1b3d\\u00e9-other" }),
+    );
+    gw.standin.script(
+        Endpoint::Presign,
+        respond(200, &[("content-type", "application/json")], body),
+    );
+    let response = gw.presign(&token).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_confirm_answer_echoing_an_encoded_api_key_is_withheld_and_the_claim_released() {
+    let gw = TestGateway::start().await;
+    let forms = encoded_forms(API_KEY);
+    for (label, form) in &forms {
+        // An upload (and a user) per form: each sees only this form's failures.
+        let token = gw.token(&format!("user-{}", uuid::Uuid::new_v4()));
+        let issued = gw.issue(&token).await;
+        for status in [200, 400] {
+            let body = json!({ "id": issued.s3object_id, "echo": "<echo>" })
+                .to_string()
+                .replace("<echo>", form);
+            gw.standin.script(
+                Endpoint::Success,
+                respond(status, &[("content-type", "application/json")], body),
+            );
+            let response = gw.confirm(&token, &issued).await;
+            let body = assert_problem(response, 502, "upstream_bad_response").await;
+            assert!(
+                !body.to_string().contains(form),
+                "{label}, upstream {status}"
+            );
+        }
+        // Withheld, not consumed: a clean answer later confirms it.
+        let response = gw.confirm(&token, &issued).await;
+        assert_eq!(response.status(), 200, "{label}");
+    }
+    assert_eq!(gw.forwarded(SUCCESS).len(), forms.len() * 3);
+}
+
+#[tokio::test]
+async fn an_allowlisted_response_header_naming_an_encoded_secret_is_dropped() {
+    let gw = TestGateway::start().await;
+    for secret in [API_KEY, BUSINESS_ID, KIZEN_USER_ID] {
+        for (label, form) in encoded_forms(secret) {
+            let id = uuid::Uuid::new_v4().to_string();
+            let cache_control = format!("private, tag=\"{form}\"");
+            gw.standin.script(
+                Endpoint::Presign,
+                respond(
+                    200,
+                    &[
+                        ("content-language", &form),
+                        ("cache-control", &cache_control),
+                        ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+                    ],
+                    presign_body(&id, json!({})),
+                ),
+            );
+            // A user per answer: each is recorded as an open upload.
+            let response = gw.presign(&gw.token(&format!("user-{id}"))).await;
+            assert_eq!(response.status(), 200, "{label}");
+            let headers = response.headers();
+            assert!(!headers.contains_key("content-language"), "{label}");
+            assert_eq!(headers.get("cache-control").unwrap(), "no-store", "{label}");
+            assert_eq!(
+                headers.get("expires").unwrap(),
+                "Thu, 01 Jan 2099 00:00:00 GMT",
+                "{label}: a header without a secret is kept"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_presign_answer_naming_the_business_in_its_s3_key_passes_in_any_encoding() {
+    // Kizen's S3 keys embed the business id, so the browser sees it in `fields.key` and in URLs:
+    // an identifier, not a credential. Bodies are scanned for the API key only.
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    let id = uuid::Uuid::new_v4().to_string();
+    let key = format!("uploads/{BUSINESS_ID}/{id}/photo.png");
+    let escaped_key = key.replace('/', "\\/");
+    let encoded_key: String = form_urlencoded::byte_serialize(key.as_bytes()).collect();
+    let body = format!(
+        r#"{{"url": "https:\/\/bucket.example\/upload?prefix={encoded_key}",
+            "fields": {{"key": "{escaped_key}", "Content-Type": "image/png", "policy": "p",
+                        "x-amz-signature": "s"}},
+            "s3object_id": "{id}", "max_file_size": 1024, "expires_at": "2099-01-01T00:00:00Z",
+            "business": "{business}", "business_pct": "{business_pct}"}}"#,
+        business = json_escape_every_char(BUSINESS_ID, false),
+        business_pct = percent_every_byte(BUSINESS_ID, true),
+    );
+    serde_json::from_str::<Value>(&body).expect("a JSON answer");
+    gw.standin.script(
+        Endpoint::Presign,
+        respond(200, &[("content-type", "application/json")], body.clone()),
+    );
+    let response = gw.presign(&token).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), body, "passed verbatim");
+
+    // And it was recorded under its key: the browser can confirm it.
+    gw.standin.script(
+        Endpoint::Success,
+        respond(
+            200,
+            &[("content-type", "application/json")],
+            json!({ "id": id, "key": key }).to_string(),
+        ),
+    );
+    let response = gw
+        .confirm_form(
+            &token,
+            &[
+                ("uuid", &id),
+                ("key", &key),
+                ("name", "photo.png"),
+                ("etag", "abc"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(gw.forwarded(SUCCESS).len(), 1);
+}
+
 /// Everything the client can see of a response: status line, headers, body.
 async fn dump(label: &str, response: reqwest::Response) -> (String, String) {
     let mut text = format!("{label}: {}\n", response.status());
