@@ -716,3 +716,168 @@ async fn upstream_user_id_comes_from_the_configured_claim() {
     }
     assert_eq!(gw.forwarded(PRESIGN).len(), 2);
 }
+
+const IDP_A: &str = "https://idp-a.example";
+const IDP_B: &str = "https://idp-b.example";
+
+/// Claims of `sub` at `iss`, for this gateway's audience, valid for an hour.
+fn claims_at(iss: &str, sub: &str) -> Value {
+    json!({ "sub": sub, "iss": iss, "aud": AUDIENCE, "iat": now(), "exp": now() + 3600 })
+}
+
+/// Tokens of issuer A are signed with the RSA key, those of issuer B with the P-256 key.
+fn signed_by_a(claims: &Value) -> String {
+    rs256(claims)
+}
+
+fn signed_by_b(claims: &Value) -> String {
+    signed(Algorithm::ES256, "ec256-private.pem", None, claims)
+}
+
+/// A gateway that trusts two issuers, each with its own key, and checks the audience.
+async fn two_issuer_gateway() -> TestGateway {
+    two_issuer_builder().start().await
+}
+
+fn two_issuer_builder() -> TestGatewayBuilder {
+    TestGateway::builder()
+        .without_static_keys()
+        .with_config(&format!(
+            r#"
+[auth]
+issuers = ["{IDP_A}", "{IDP_B}"]
+audiences = ["{AUDIENCE}"]
+allow_any_audience = false
+
+[[auth.keys]]
+algorithm = "RS256"
+public_key_file = "{rsa}"
+issuer = "{IDP_A}"
+
+[[auth.keys]]
+algorithm = "ES256"
+public_key_file = "{ec}"
+issuer = "{IDP_B}"
+"#,
+            rsa = fixture("rsa-public.pem").display(),
+            ec = fixture("ec256-public.pem").display(),
+        ))
+}
+
+#[tokio::test]
+async fn a_key_tied_to_an_issuer_verifies_only_that_issuers_tokens() {
+    let gw = two_issuer_gateway().await;
+
+    // Issuer A's key signing for B's users, and the other way round: both names are accepted
+    // issuers, but not for the key that verified the token.
+    rejected(
+        &gw,
+        &signed_by_a(&claims_at(IDP_B, "alice")),
+        "token_wrong_issuer",
+    )
+    .await;
+    rejected(
+        &gw,
+        &signed_by_b(&claims_at(IDP_A, "alice")),
+        "token_wrong_issuer",
+    )
+    .await;
+    // No `iss`, or an array holding the key's issuer: no single issuer named.
+    let mut without_iss = claims_at(IDP_A, "alice");
+    without_iss.as_object_mut().unwrap().remove("iss");
+    rejected(&gw, &signed_by_a(&without_iss), "token_wrong_issuer").await;
+    let mut array_iss = claims_at(IDP_A, "alice");
+    array_iss["iss"] = json!([IDP_A]);
+    rejected(&gw, &signed_by_a(&array_iss), "token_wrong_issuer").await;
+    // The audience is checked with each key as well.
+    let mut other_app = claims_at(IDP_B, "alice");
+    other_app["aud"] = json!("another-application");
+    rejected(&gw, &signed_by_b(&other_app), "token_wrong_audience").await;
+    assert!(gw.forwarded(PRESIGN).is_empty());
+
+    accepted(&gw, &signed_by_a(&claims_at(IDP_A, "alice"))).await;
+    accepted(&gw, &signed_by_b(&claims_at(IDP_B, "alice"))).await;
+}
+
+#[tokio::test]
+async fn a_key_issuer_binds_without_an_issuer_list() {
+    // One key tied to an issuer and no auth.issuers: that key still takes that issuer only.
+    let gw = TestGateway::builder()
+        .without_static_keys()
+        .with_config(&format!(
+            "[auth]\naudiences = [\"{AUDIENCE}\"]\n[[auth.keys]]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\nissuer = \"{IDP_A}\"\n",
+            fixture("rsa-public.pem").display()
+        ))
+        .start()
+        .await;
+    rejected(
+        &gw,
+        &rs256(&claims_at(IDP_B, "alice")),
+        "token_wrong_issuer",
+    )
+    .await;
+    let mut without_iss = claims_at(IDP_A, "alice");
+    without_iss.as_object_mut().unwrap().remove("iss");
+    rejected(&gw, &rs256(&without_iss), "token_wrong_issuer").await;
+    assert!(gw.forwarded(PRESIGN).is_empty());
+
+    // One issuer: the user is the bare `sub`, so an upload issued by one token is confirmed by
+    // another token of the same subject.
+    let issued = gw.issue(&rs256(&claims_at(IDP_A, "alice"))).await;
+    let response = gw
+        .confirm(&rs256(&claims_at(IDP_A, "alice")), &issued)
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn the_same_subject_at_two_issuers_is_two_users() {
+    let gw = two_issuer_gateway().await;
+    let alice_at_a = signed_by_a(&claims_at(IDP_A, "alice"));
+    let alice_at_b = signed_by_b(&claims_at(IDP_B, "alice"));
+
+    // Alice at B cannot confirm Alice at A's upload: for her it does not exist.
+    let issued = gw.issue(&alice_at_a).await;
+    let response = gw.confirm(&alice_at_b, &issued).await;
+    assert_problem(response, 404, "upload_not_found").await;
+    assert!(gw.forwarded(SUCCESS).is_empty());
+
+    // A's other token for the same subject is the same user.
+    let again_at_a = signed_by_a(&json!({
+        "sub": "alice", "iss": IDP_A, "aud": AUDIENCE, "iat": now() - 60, "exp": now() + 600
+    }));
+    let response = gw.confirm(&again_at_a, &issued).await;
+    assert_eq!(response.status(), 200, "the same issuer and subject");
+    assert_eq!(gw.forwarded(SUCCESS).len(), 1);
+
+    // And the other way round.
+    let issued = gw.issue(&alice_at_b).await;
+    let response = gw.confirm(&alice_at_a, &issued).await;
+    assert_problem(response, 404, "upload_not_found").await;
+    let response = gw.confirm(&alice_at_b, &issued).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(gw.forwarded(SUCCESS).len(), 2);
+}
+
+#[tokio::test]
+async fn two_issuers_have_separate_rate_limits_for_one_subject() {
+    let gw = TestGateway::builder()
+        .with_rate_limit(1, "1h")
+        .start()
+        .await;
+    // Harness gateway, one issuer or none: `sub` alone is the user, one budget.
+    accepted(&gw, &rs256(&claims("alice"))).await;
+    let response = gw.presign(&gw.token("alice")).await;
+    assert_eq!(
+        response.status(),
+        429,
+        "one user across keys without issuers"
+    );
+    drop(gw);
+
+    let gw = two_issuer_builder().with_rate_limit(1, "1h").start().await;
+    accepted(&gw, &signed_by_a(&claims_at(IDP_A, "alice"))).await;
+    accepted(&gw, &signed_by_b(&claims_at(IDP_B, "alice"))).await;
+    let response = gw.presign(&signed_by_a(&claims_at(IDP_A, "alice"))).await;
+    assert_eq!(response.status(), 429, "Alice at A spent her budget");
+}

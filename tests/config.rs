@@ -27,6 +27,9 @@ fn upstream_toml() -> String {
     )
 }
 
+/// The audience of this gateway's tokens: required with public keys or a JWKS.
+const AUDIENCES: &str = "[auth]\naudiences = [\"kizen-uploads\"]\n";
+
 fn hs256_key_toml() -> String {
     format!("[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"value:{HS256_SECRET}\"\n")
 }
@@ -160,6 +163,7 @@ fn the_default_file_holds_every_option() {
     for optional in [
         "# kid = ",
         "# public_key_file = ",
+        "# issuer = ",
         "# url = ",
         "# user_id_claim = ",
     ] {
@@ -172,6 +176,9 @@ fn the_default_file_holds_every_option() {
     assert_eq!(config.presign.allowed_sources.len(), 11);
     assert!(config.cors.allowed_origins.is_empty());
     assert_eq!(config.auth.user_claim, "sub");
+    assert!(!config.auth.allow_any_audience);
+    assert!(config.auth.keys[0].issuer.is_none());
+    assert!(config.auth.jwks.issuer.is_none());
     assert_eq!(config.upstream.base_url, "https://app.kizen.com");
     assert_eq!(config.auth.keys.len(), 1);
 }
@@ -200,12 +207,232 @@ fn check_config_accepts_a_valid_file() {
 #[test]
 fn check_config_accepts_a_file_with_public_keys() {
     let file = TempConfig::new(&format!(
-        "{}\n[[auth.keys]]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\n[[auth.keys]]\nalgorithm = \"EdDSA\"\npublic_key_file = \"{}\"\n",
+        "{}\n{AUDIENCES}\n[[auth.keys]]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\n[[auth.keys]]\nalgorithm = \"EdDSA\"\npublic_key_file = \"{}\"\n",
         upstream_toml(),
         fixture("rsa-public.pem").display(),
         fixture("ed25519-public.pem").display(),
     ));
     assert_valid(&check_config(file.path(), &[]));
+}
+
+fn rs256_key_toml(issuer: Option<&str>) -> String {
+    let issuer = issuer.map_or(String::new(), |i| format!("issuer = \"{i}\"\n"));
+    format!(
+        "[[auth.keys]]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\n{issuer}",
+        fixture("rsa-public.pem").display()
+    )
+}
+
+fn hs256_key_for(issuer: &str) -> String {
+    format!("{}issuer = \"{issuer}\"\n", hs256_key_toml())
+}
+
+const JWKS_TOML: &str = "[auth.jwks]\nurl = \"https://idp.example.com/.well-known/jwks.json\"\n";
+const IDP_A: &str = "https://idp-a.example.com/";
+const IDP_B: &str = "https://idp-b.example.com/";
+
+#[test]
+fn check_config_refuses_a_jwks_or_public_key_without_audiences() {
+    for keys in [rs256_key_toml(None), JWKS_TOML.to_owned()] {
+        // An HS256 key beside them changes nothing: the public key or JWKS is there.
+        let file = TempConfig::new(&format!("{}\n{keys}", minimal_toml()));
+        let line = assert_refused(&check_config(file.path(), &[]), "auth.audiences", &[]);
+        assert!(
+            line.contains("auth.allow_any_audience"),
+            "the error names the escape: {line}"
+        );
+
+        // With an audience: valid.
+        let file = TempConfig::new(&format!("{}\n{AUDIENCES}\n{keys}", minimal_toml()));
+        assert_valid(&check_config(file.path(), &[]));
+    }
+    // An empty list is no audience.
+    let file = TempConfig::new(&format!(
+        "{}\n[auth]\naudiences = []\n{JWKS_TOML}",
+        upstream_toml()
+    ));
+    assert_refused(&check_config(file.path(), &[]), "auth.audiences", &[]);
+    // HS* shared secrets are this gateway's own: no audience needed.
+    let file = TempConfig::new(&minimal_toml());
+    assert_valid(&check_config(file.path(), &[]));
+}
+
+#[test]
+fn allow_any_audience_accepts_a_public_key_without_audiences() {
+    for keys in [rs256_key_toml(None), JWKS_TOML.to_owned()] {
+        let file = TempConfig::new(&format!(
+            "{}\n[auth]\nallow_any_audience = true\n{keys}",
+            upstream_toml()
+        ));
+        assert_valid(&check_config(file.path(), &[]));
+        // The environment can say it too.
+        let file = TempConfig::new(&format!("{}\n{keys}", upstream_toml()));
+        assert_valid(&check_config(
+            file.path(),
+            &[("KIZEN_GATEWAY_AUTH__ALLOW_ANY_AUDIENCE", "true")],
+        ));
+    }
+}
+
+/// Everything a `tracing` subscriber writes, for the start-up warning.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What building the app (as `serve` does at start) logs for this configuration.
+fn start_up_logs(layers: &[&str]) -> String {
+    let config = Config::from_toml_layers(layers).expect("valid");
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        runtime
+            .block_on(kizen_gateway::App::from_config(config))
+            .expect("the app builds");
+    });
+    String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn allow_any_audience_is_warned_about_at_start() {
+    let key = rs256_key_toml(None);
+    let logs = start_up_logs(&[&minimal_toml(), "[auth]\nallow_any_audience = true\n", &key]);
+    let warning = logs
+        .lines()
+        .find(|line| line.contains("WARN") && line.contains("auth.allow_any_audience"))
+        .unwrap_or_else(|| panic!("no warning naming auth.allow_any_audience in {logs:?}"));
+    assert!(warning.contains("any other application"), "{warning}");
+
+    // With audiences the option has no effect, and nothing is said.
+    let logs = start_up_logs(&[
+        &minimal_toml(),
+        "[auth]\nallow_any_audience = true\naudiences = [\"kizen-uploads\"]\n",
+        &key,
+    ]);
+    assert!(!logs.contains("allow_any_audience"), "{logs}");
+}
+
+#[test]
+fn several_issuers_need_each_key_tied_to_one_of_them() {
+    let issuers =
+        format!("[auth]\nissuers = [\"{IDP_A}\", \"{IDP_B}\"]\naudiences = [\"kizen-uploads\"]\n");
+    // One layer: a later layer's [[auth.keys]] would replace the earlier ones.
+    let refused = |parts: &[&str], option: &str| {
+        let error = Config::from_toml(&parts.join("\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(option), "{option} in {error}");
+        error
+    };
+
+    // A key without an issuer, beside one tied to A: it would sign for B's users too.
+    let error = refused(
+        &[
+            &upstream_toml(),
+            &issuers,
+            &hs256_key_for(IDP_A),
+            &rs256_key_toml(None),
+        ],
+        "auth.keys[1].issuer",
+    );
+    assert!(error.contains("more than one issuer"), "{error}");
+    // The JWKS too.
+    refused(
+        &[&upstream_toml(), &issuers, &hs256_key_for(IDP_A), JWKS_TOML],
+        "auth.jwks.issuer",
+    );
+    // A key's issuer is one of auth.issuers.
+    let error = refused(
+        &[
+            &upstream_toml(),
+            &issuers,
+            &hs256_key_for(IDP_A),
+            &rs256_key_toml(Some("https://idp-c.example.com/")),
+        ],
+        "auth.keys[1].issuer",
+    );
+    assert!(error.contains("auth.issuers"), "{error}");
+    let error = refused(
+        &[
+            &upstream_toml(),
+            &format!("[auth]\nissuers = [\"{IDP_A}\"]\n"),
+            &hs256_key_for(IDP_B),
+        ],
+        "auth.keys[0].issuer",
+    );
+    assert!(error.contains("auth.issuers"), "{error}");
+    // Two issuers named by keys alone are several issuers as well.
+    refused(
+        &[
+            &upstream_toml(),
+            AUDIENCES,
+            &hs256_key_for(IDP_A),
+            &rs256_key_toml(Some(IDP_B)),
+            &rs256_key_toml(None),
+        ],
+        "auth.keys[2].issuer",
+    );
+    // An issuer never holds whitespace (a space separates issuer and subject in user ids).
+    refused(
+        &[
+            &upstream_toml(),
+            "[auth]\nissuers = [\"https://idp.example.com/ x\"]\n",
+            &hs256_key_toml(),
+        ],
+        "auth.issuers",
+    );
+
+    // Every key tied to its issuer: valid, through check-config as well.
+    let jwks_b = format!("{JWKS_TOML}issuer = \"{IDP_B}\"\n");
+    let layers = [
+        upstream_toml(),
+        issuers.clone(),
+        hs256_key_for(IDP_A),
+        rs256_key_toml(Some(IDP_A)),
+        jwks_b,
+    ];
+    let config = Config::from_toml(&layers.join("\n")).unwrap();
+    assert!(config.auth.multiple_issuers());
+    let file = TempConfig::new(&layers.join("\n"));
+    assert_valid(&check_config(file.path(), &[]));
+    // And check-config refuses the untied key in one line naming it.
+    let file = TempConfig::new(&format!(
+        "{}\n{issuers}\n{}\n{}",
+        upstream_toml(),
+        hs256_key_for(IDP_A),
+        rs256_key_toml(None)
+    ));
+    assert_refused(&check_config(file.path(), &[]), "auth.keys[1].issuer", &[]);
+}
+
+#[test]
+fn one_issuer_needs_no_key_issuer() {
+    let config = Config::from_toml(&format!(
+        "{}\n[auth]\nissuers = [\"{IDP_A}\"]\n{}\n{}",
+        upstream_toml(),
+        hs256_key_toml(),
+        hs256_key_for(IDP_A)
+    ))
+    .unwrap();
+    assert_eq!(config.auth.keys.len(), 2);
+    assert!(!config.auth.multiple_issuers());
 }
 
 #[test]
@@ -296,7 +523,7 @@ fn a_missing_public_key_file_is_refused_naming_the_key() {
         std::process::id()
     ));
     let file = TempConfig::new(&format!(
-        "{}\n[[auth.keys]]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\n",
+        "{}\n{AUDIENCES}\n[[auth.keys]]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\n",
         upstream_toml(),
         missing.display()
     ));
@@ -306,8 +533,9 @@ fn a_missing_public_key_file_is_refused_naming_the_key() {
 #[test]
 fn a_private_key_given_as_public_key_is_refused_naming_the_key() {
     let file = TempConfig::new(&format!(
-        "{}\n[[auth.keys]]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\n",
-        minimal_toml(),
+        "{}\n{AUDIENCES}\n{}\n[[auth.keys]]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\n",
+        upstream_toml(),
+        hs256_key_toml(),
         fixture("rsa-private.pem").display()
     ));
     let pem = std::fs::read_to_string(fixture("rsa-private.pem")).unwrap();
@@ -438,4 +666,36 @@ fn an_unreachable_redis_fails_the_start_naming_the_store() {
     ));
     let output = check_config(file.path(), &[]);
     assert_refused(&output, "store.redis", &["hunter2-redis"]);
+}
+
+#[test]
+fn a_claim_lease_shorter_than_a_forward_and_its_settle_is_refused_naming_the_options() {
+    // The reviewer's case: a 1s lease in front of a 10s upstream timeout.
+    let file = TempConfig::new(&format!(
+        "{}\n[upstream]\nrequest_timeout = \"10s\"\n[confirm]\nclaim_lease = \"1s\"\n",
+        minimal_toml()
+    ));
+    let line = assert_refused(&check_config(file.path(), &[]), "confirm.claim_lease", &[]);
+    assert!(line.contains("upstream.request_timeout"), "{line}");
+    assert!(line.contains("store.redis.operation_timeout"), "{line}");
+    // 10s + 2 x 250ms + 5s: just enough is accepted.
+    let file = TempConfig::new(&format!(
+        "{}\n[upstream]\nrequest_timeout = \"10s\"\n[confirm]\nclaim_lease = \"15500ms\"\n",
+        minimal_toml()
+    ));
+    assert_valid(&check_config(file.path(), &[]));
+}
+
+#[test]
+fn a_per_user_store_bound_below_a_tiers_outstanding_cap_is_refused() {
+    let file = TempConfig::new(&format!(
+        "{}\n[store]\nmax_uploads_per_user = 20\n",
+        minimal_toml()
+    ));
+    let line = assert_refused(
+        &check_config(file.path(), &[]),
+        "store.max_uploads_per_user",
+        &[],
+    );
+    assert!(line.contains("quotas.tiers.default.max_outstanding"), "{line}");
 }

@@ -510,6 +510,60 @@ async fn rsa_keys_without_alg_get_the_configured_rsa_algorithm() {
     assert_eq!(jwks.fetches(), 1);
 }
 
+#[tokio::test]
+async fn a_jwks_tied_to_an_issuer_verifies_only_that_issuers_tokens() {
+    const IDP_A: &str = "https://idp-a.example";
+    const IDP_B: &str = "https://idp-b.example";
+    // Issuer A publishes a JWKS; issuer B's key is a static one. Harness keys dropped.
+    let jwks = JwksServer::start(vec![rsa_jwk("a-1")]).await;
+    let gw = TestGateway::builder()
+        .without_static_keys()
+        .with_config(&format!(
+            r#"
+[auth]
+issuers = ["{IDP_A}", "{IDP_B}"]
+audiences = ["kizen-gw"]
+[auth.jwks]
+url = "{url}"
+issuer = "{IDP_A}"
+refresh_interval = "1h"
+[[auth.keys]]
+algorithm = "ES256"
+public_key_file = "{ec}"
+issuer = "{IDP_B}"
+"#,
+            url = jwks.url,
+            ec = fixture("ec256-public.pem").display(),
+        ))
+        .start()
+        .await;
+    jwks.wait_for_fetches(1).await;
+    let at =
+        |iss: &str| json!({ "sub": "alice", "iss": iss, "aud": "kizen-gw", "exp": now() + 3600 });
+    let by_jwks = |iss: &str| {
+        sign(
+            Algorithm::RS256,
+            &private_key(Algorithm::RS256, "rsa-private.pem"),
+            Some("a-1"),
+            &at(iss),
+        )
+    };
+    let by_static = |iss: &str| {
+        sign(
+            Algorithm::ES256,
+            &private_key(Algorithm::ES256, "ec256-private.pem"),
+            None,
+            &at(iss),
+        )
+    };
+
+    rejected(&gw, &by_jwks(IDP_B), "token_wrong_issuer").await;
+    rejected(&gw, &by_static(IDP_A), "token_wrong_issuer").await;
+    assert!(gw.forwarded(PRESIGN).is_empty());
+    accepted(&gw, &by_jwks(IDP_A)).await;
+    accepted(&gw, &by_static(IDP_B)).await;
+}
+
 /// Presigns with each token at once, from tasks of their own; the answers in token order.
 async fn presign_all(gw: &Arc<TestGateway>, tokens: &[String]) -> Vec<reqwest::Response> {
     let tasks: Vec<_> = tokens

@@ -26,6 +26,18 @@ impl ClaimRules {
         }
     }
 
+    /// The rules of a key tied to `issuer`: a token it verifies must carry exactly that `iss`.
+    /// Without an issuer of its own, a key takes the shared rules (`auth.issuers`).
+    pub fn for_issuer(&self, issuer: Option<&str>) -> Self {
+        match issuer {
+            Some(issuer) => Self {
+                issuers: vec![issuer.to_owned()],
+                ..self.clone()
+            },
+            None => self.clone(),
+        }
+    }
+
     fn validation(&self, algorithm: Algorithm) -> Validation {
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
@@ -201,7 +213,7 @@ fn load_static_key(
         config.kid.clone(),
         algorithm,
         key,
-        rules,
+        &rules.for_issuer(config.issuer.as_deref()),
     ))
 }
 

@@ -82,7 +82,8 @@ impl From<AuthFailure> for GatewayError {
 /// The verified end user of a request.
 #[derive(Debug, Clone)]
 pub struct AuthenticatedUser {
-    /// The identity claim (`auth.user_claim`): whose uploads these are.
+    /// Whose uploads these are: the identity claim (`auth.user_claim`) as it is with one issuer
+    /// or none; with several, the issuer and the claim (see [`qualified_user_id`]).
     pub id: String,
     /// The X-USER-ID claim, when `upstream.user_id_claim` is configured.
     pub upstream_user_id: Option<String>,
@@ -92,6 +93,18 @@ pub struct AuthenticatedUser {
 
 /// Longest identity accepted from a claim.
 const MAX_USER_ID_BYTES: usize = 256;
+
+/// Separates issuer and subject in [`qualified_user_id`]; configuration refuses issuers with
+/// whitespace, so the first space of an id ends its issuer.
+pub const ISSUER_SUBJECT_SEPARATOR: char = ' ';
+
+/// The identity of a user when several issuers are configured: `<iss> <subject>`, for example
+/// `https://idp-a.example/ alice`. The same subject at two issuers is two users. Unambiguous: an
+/// issuer is one of the configured ones, which never contain whitespace, so the id splits at
+/// its first space.
+pub fn qualified_user_id(issuer: &str, subject: &str) -> String {
+    format!("{issuer}{ISSUER_SUBJECT_SEPARATOR}{subject}")
+}
 
 pub struct Verifier {
     /// Replaced whole when key files change (see [`crate::reload`]).
@@ -103,7 +116,8 @@ pub struct Verifier {
     tier_claim: Option<String>,
     leeway_secs: u64,
     max_token_bytes: usize,
-    issuers_configured: bool,
+    /// Several issuers: the identity is issuer and subject.
+    multiple_issuers: bool,
 }
 
 impl Verifier {
@@ -120,11 +134,19 @@ impl Verifier {
             Some(url) => Some(Arc::new(JwksCache::new(
                 &auth.jwks,
                 url,
-                rules.clone(),
+                rules.for_issuer(auth.jwks.issuer.as_deref()),
                 metrics,
             )?)),
             None => None,
         };
+        if auth.accepts_any_audience() {
+            // Validation refuses this unless the option is set: say at every start what it does.
+            tracing::warn!(
+                option = "auth.allow_any_audience",
+                "auth.allow_any_audience = true and no auth.audiences: tokens minted by the \
+                 identity provider for any other application are accepted too"
+            );
+        }
         Ok(Self {
             static_keys,
             rules,
@@ -134,7 +156,7 @@ impl Verifier {
             tier_claim,
             leeway_secs: auth.leeway.as_secs(),
             max_token_bytes: auth.max_token_bytes,
-            issuers_configured: !auth.issuers.is_empty(),
+            multiple_issuers: auth.multiple_issuers(),
         })
     }
 
@@ -209,7 +231,7 @@ impl Verifier {
         let mut failure = AuthFailure::BadSignature;
         for key in candidates {
             match verify_with(token, &key) {
-                Ok(claims) => return self.user_from_claims(&claims),
+                Ok(claims) => return self.user_from_claims(&claims, &key),
                 Err(AuthFailure::BadSignature) => continue,
                 Err(other) => {
                     failure = other;
@@ -255,21 +277,32 @@ impl Verifier {
         }
     }
 
+    /// The user of a token whose signature and registered claims `key` verified.
     fn user_from_claims(
         &self,
         claims: &Map<String, Value>,
+        key: &VerificationKey,
     ) -> Result<AuthenticatedUser, AuthFailure> {
-        // jsonwebtoken accepts an array `iss`; a token names exactly one issuer.
-        if self.issuers_configured && !matches!(claims.get("iss"), Some(Value::String(_))) {
-            return Err(AuthFailure::WrongIssuer);
-        }
+        // jsonwebtoken accepts an array `iss`; a token names exactly one issuer. A key bound to
+        // issuers (its own, or `auth.issuers`) has checked that this one is among them.
+        let issuer = match claims.get("iss") {
+            Some(Value::String(iss)) => Some(iss.as_str()),
+            _ if key.validation.iss.is_some() => return Err(AuthFailure::WrongIssuer),
+            _ => None,
+        };
         if let Some(iat) = claims.get("iat") {
             let iat = iat.as_f64().ok_or(AuthFailure::Malformed)?;
             if iat > (seconds_since_epoch() + self.leeway_secs) as f64 {
                 return Err(AuthFailure::NotYetValid);
             }
         }
-        let id = identity_claim(claims, &self.user_claim)?;
+        let subject = identity_claim(claims, &self.user_claim)?;
+        let id = if self.multiple_issuers {
+            // Every key is tied to its issuer then (configuration checks it).
+            qualified_user_id(issuer.ok_or(AuthFailure::WrongIssuer)?, &subject)
+        } else {
+            subject
+        };
         let upstream_user_id = match &self.upstream_user_id_claim {
             Some(claim) => {
                 let value = identity_claim(claims, claim)?;
