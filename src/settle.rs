@@ -181,3 +181,211 @@ impl Settler {
         self.metrics.settle_result("abandoned");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use async_trait::async_trait;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::store::{ClaimOutcome, MemoryStore, StoreLimits, Usage};
+
+    /// The memory store whose settles fail while `down` is set.
+    struct Flaky {
+        inner: MemoryStore,
+        down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl UploadStore for Flaky {
+        async fn usage(&self, user: &str, now: OffsetDateTime) -> Result<Usage, StoreError> {
+            self.inner.usage(user, now).await
+        }
+        async fn record(
+            &self,
+            upload: IssuedUpload,
+            max: usize,
+            now: OffsetDateTime,
+        ) -> Result<(), StoreError> {
+            self.inner.record(upload, max, now).await
+        }
+        async fn claim(
+            &self,
+            user: &str,
+            id: Uuid,
+            key: &str,
+            now: OffsetDateTime,
+            rules: &ClaimRules,
+        ) -> Result<ClaimOutcome, StoreError> {
+            self.inner.claim(user, id, key, now, rules).await
+        }
+        async fn release(
+            &self,
+            upload: &IssuedUpload,
+            lease: Lease,
+            now: OffsetDateTime,
+            rules: &ClaimRules,
+        ) -> Result<Settled, StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable);
+            }
+            self.inner.release(upload, lease, now, rules).await
+        }
+        async fn consume(
+            &self,
+            upload: &IssuedUpload,
+            lease: Lease,
+            response: StoredResponse,
+            size_bytes: u64,
+            now: OffsetDateTime,
+        ) -> Result<Settled, StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable);
+            }
+            self.inner
+                .consume(upload, lease, response, size_bytes, now)
+                .await
+        }
+        async fn purge(&self, now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError> {
+            self.inner.purge(now).await
+        }
+        async fn entry_count(&self) -> Result<Option<usize>, StoreError> {
+            self.inner.entry_count().await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    const RULES: ClaimRules = ClaimRules {
+        max_attempts: 5,
+        attempt_backoff: Duration::from_secs(60),
+        max_uploads_per_day: None,
+        max_bytes_per_day: None,
+    };
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    /// A store with one claimed upload of alice's.
+    async fn claimed(down: bool) -> (Arc<Flaky>, IssuedUpload, Lease) {
+        let store = Arc::new(Flaky {
+            inner: MemoryStore::new(StoreLimits {
+                max_uploads: 10,
+                max_uploads_per_user: 10,
+                remember_expired: Duration::from_secs(3600),
+            }),
+            down: AtomicBool::new(down),
+        });
+        let id = Uuid::new_v4();
+        let upload = IssuedUpload {
+            s3object_id: id,
+            key: format!("uploads/{id}"),
+            user: "alice".into(),
+            source: "field_value".into(),
+            issued_at: now(),
+            window_end: now() + Duration::from_secs(3600),
+        };
+        store.record(upload.clone(), 5, now()).await.unwrap();
+        let ClaimOutcome::Claimed { lease, .. } = store
+            .claim("alice", id, &upload.key, now(), &RULES)
+            .await
+            .unwrap()
+        else {
+            panic!("claims")
+        };
+        (store, upload, lease)
+    }
+
+    fn confirmed() -> Settlement {
+        Settlement::Confirmed {
+            response: StoredResponse {
+                status: 200,
+                content_type: None,
+                body: bytes::Bytes::from_static(b"{}"),
+            },
+            size_bytes: 1,
+            at: now(),
+        }
+    }
+
+    fn count(metrics: &Metrics, result: &str) -> bool {
+        metrics.render().contains(&format!(
+            "confirmation_settles_total{{result=\"{result}\"}} 1"
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_settle_is_retried_until_the_store_takes_it() {
+        let (store, upload, lease) = claimed(true).await;
+        let metrics = Arc::new(Metrics::new());
+        let settler = Settler::new(store.clone(), metrics.clone(), Duration::from_secs(60));
+        let landed = settler
+            .settle(upload.clone(), lease, confirmed(), Instant::now())
+            .await;
+        assert!(!landed);
+        assert_eq!(settler.pending(), 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        store.down.store(false, Ordering::SeqCst);
+        while settler.pending() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            store
+                .claim("alice", upload.s3object_id, &upload.key, now(), &RULES)
+                .await,
+            Ok(ClaimOutcome::AlreadyConfirmed(Some(StoredResponse {
+                status: 200,
+                content_type: None,
+                body: bytes::Bytes::from_static(b"{}"),
+            })))
+        );
+        assert!(count(&metrics, "settled"), "{}", metrics.render());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settle_that_never_lands_is_given_up_at_the_end_of_the_lease() {
+        let (store, upload, lease) = claimed(true).await;
+        let metrics = Arc::new(Metrics::new());
+        let settler = Settler::new(store.clone(), metrics.clone(), Duration::from_secs(60));
+        let started = Instant::now();
+        settler
+            .settle(upload.clone(), lease, confirmed(), started)
+            .await;
+        while settler.pending() > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert!(started.elapsed() <= Duration::from_secs(61));
+        assert!(count(&metrics, "abandoned"), "{}", metrics.render());
+        // The upload stays held: never claimable again, so never forwarded twice.
+        store.down.store(false, Ordering::SeqCst);
+        assert_eq!(
+            store
+                .claim("alice", upload.s3object_id, &upload.key, now(), &RULES)
+                .await,
+            Ok(ClaimOutcome::InFlight)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_settle_for_a_claim_not_held_is_counted_as_an_error() {
+        let (store, upload, _lease) = claimed(false).await;
+        let metrics = Arc::new(Metrics::new());
+        let settler = Settler::new(store, metrics.clone(), Duration::from_secs(60));
+        let foreign = Lease(Uuid::new_v4());
+        let failed = Settlement::Failed {
+            at: now(),
+            rules: RULES,
+        };
+        assert!(
+            settler
+                .settle(upload, foreign, failed, Instant::now())
+                .await
+        );
+        assert!(count(&metrics, "stale"), "{}", metrics.render());
+        assert!(metrics.render().contains("store_errors_total 1"));
+    }
+}

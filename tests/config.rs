@@ -672,16 +672,18 @@ fn an_unreachable_redis_fails_the_start_naming_the_store() {
 fn a_claim_lease_shorter_than_a_forward_and_its_settle_is_refused_naming_the_options() {
     // The reviewer's case: a 1s lease in front of a 10s upstream timeout.
     let file = TempConfig::new(&format!(
-        "{}\n[upstream]\nrequest_timeout = \"10s\"\n[confirm]\nclaim_lease = \"1s\"\n",
-        minimal_toml()
+        "{}request_timeout = \"10s\"\n{}\n[confirm]\nclaim_lease = \"1s\"\n",
+        upstream_toml(),
+        hs256_key_toml()
     ));
     let line = assert_refused(&check_config(file.path(), &[]), "confirm.claim_lease", &[]);
     assert!(line.contains("upstream.request_timeout"), "{line}");
     assert!(line.contains("store.redis.operation_timeout"), "{line}");
     // 10s + 2 x 250ms + 5s: just enough is accepted.
     let file = TempConfig::new(&format!(
-        "{}\n[upstream]\nrequest_timeout = \"10s\"\n[confirm]\nclaim_lease = \"15500ms\"\n",
-        minimal_toml()
+        "{}request_timeout = \"10s\"\n{}\n[confirm]\nclaim_lease = \"15500ms\"\n",
+        upstream_toml(),
+        hs256_key_toml()
     ));
     assert_valid(&check_config(file.path(), &[]));
 }
@@ -697,5 +699,8 @@ fn a_per_user_store_bound_below_a_tiers_outstanding_cap_is_refused() {
         "store.max_uploads_per_user",
         &[],
     );
-    assert!(line.contains("quotas.tiers.default.max_outstanding"), "{line}");
+    assert!(
+        line.contains("quotas.tiers.default.max_outstanding"),
+        "{line}"
+    );
 }

@@ -6,7 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kizen_gateway::standin::{Endpoint, Scripted};
+use kizen_gateway::{
+    clock::Clock,
+    standin::{Endpoint, Scripted},
+};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -388,4 +391,179 @@ async fn an_upstream_failure_releases_the_claim_for_a_retry() {
     );
     assert_eq!(gw.confirm(&token, &issued).await.status(), 200);
     assert_eq!(gw.forwarded(SUCCESS).len(), 3);
+}
+
+/// Repeats a confirmation while it answers `waiting` (its earlier outcome is not recorded yet),
+/// at most a few seconds; returns the first other answer.
+async fn repeat_while(
+    gw: &TestGateway,
+    token: &str,
+    issued: &Issued,
+    waiting: &[u16],
+) -> reqwest::Response {
+    for _ in 0..500 {
+        let response = gw.confirm(token, issued).await;
+        if !waiting.contains(&response.status().as_u16()) {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the confirmation kept answering {waiting:?}");
+}
+
+#[tokio::test]
+async fn a_confirmation_kizen_accepted_is_never_forwarded_again_while_the_store_fails_to_record_it()
+{
+    use std::sync::{Arc, atomic::Ordering};
+    let store = Arc::new(common::faulty_store::FaultyStore::new());
+    let gw = TestGateway::builder()
+        .with_store(store.clone())
+        .start()
+        .await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+
+    // Kizen accepts; recording that fails, and keeps failing for now.
+    store.failing_settles.store(usize::MAX, Ordering::SeqCst);
+    let first = gw.confirm(&token, &issued).await;
+    assert_eq!(
+        first.status(),
+        200,
+        "Kizen accepted it: the client hears so"
+    );
+    assert!(store.failed_settles.load(Ordering::SeqCst) >= 1);
+
+    // Meanwhile a repeat is refused, never forwarded; the lease lapsing changes nothing.
+    gw.clock.advance(Duration::from_secs(120));
+    let repeat = gw.confirm(&token, &issued).await;
+    assert_problem(repeat, 409, "confirmation_in_progress").await;
+    assert_eq!(gw.forwarded(SUCCESS).len(), 1);
+
+    // The store recovers: the background retry records the outcome, and repeats are replayed.
+    store.failing_settles.store(0, Ordering::SeqCst);
+    let replayed = repeat_while(&gw, &token, &issued, &[409]).await;
+    assert_eq!(replayed.status(), 200);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(gw.forwarded(SUCCESS).len(), 1, "Kizen saw one call");
+    let usage = kizen_gateway::store::UploadStore::usage(&*store, "alice", gw.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(
+        usage.uploads_today, 1,
+        "the confirmation counts toward the day"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_confirmation_whose_release_fails_is_retried_later_not_lost() {
+    use std::sync::{Arc, atomic::Ordering};
+    let store = Arc::new(common::faulty_store::FaultyStore::new());
+    let gw = TestGateway::builder()
+        .with_store(store.clone())
+        .start()
+        .await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    gw.standin.script(
+        Endpoint::Success,
+        Scripted::Respond {
+            status: 500,
+            headers: vec![],
+            body: "boom".into(),
+        },
+    );
+    store.failing_settles.store(2, Ordering::SeqCst);
+    assert_problem(gw.confirm(&token, &issued).await, 502, "upstream_error").await;
+    // Until the release lands the upload is held (409); then the user may retry, once.
+    let retried = repeat_while(&gw, &token, &issued, &[409]).await;
+    assert_eq!(retried.status(), 200);
+    assert_eq!(gw.forwarded(SUCCESS).len(), 2);
+}
+
+#[tokio::test]
+async fn confirmations_are_rate_limited_per_user() {
+    let gw = TestGateway::builder()
+        .with_config("[confirm]\nrate_limit_burst = 2\nrate_limit_period = \"1m\"\n")
+        .start()
+        .await;
+    let alice = gw.token("alice");
+    let issued = gw.issue(&alice).await;
+    let first = gw.confirm(&alice, &issued).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["ratelimit-limit"], "2");
+    assert_eq!(first.headers()["ratelimit-remaining"], "1");
+    assert_eq!(gw.confirm(&alice, &issued).await.status(), 200);
+    let limited = gw.confirm(&alice, &issued).await;
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(limited.headers()["ratelimit-remaining"], "0");
+    let body = assert_problem(limited, 429, "rate_limited").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("confirmations"),
+        "{body}"
+    );
+    // Another user has a budget of their own.
+    let bob = gw.token("bob");
+    let theirs = gw.issue(&bob).await;
+    assert_eq!(gw.confirm(&bob, &theirs).await.status(), 200);
+    assert_eq!(gw.forwarded(SUCCESS).len(), 2);
+}
+
+#[tokio::test]
+async fn an_upload_that_keeps_failing_backs_off_instead_of_calling_kizen_again() {
+    let gw = TestGateway::builder()
+        .with_config("[confirm]\nmax_attempts = 2\nattempt_backoff = \"1m\"\n")
+        .start()
+        .await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    for _ in 0..2 {
+        gw.standin.script(
+            Endpoint::Success,
+            Scripted::Respond {
+                status: 400,
+                headers: vec![],
+                body: r#"{"detail":{"etag":"bad"}}"#.into(),
+            },
+        );
+        assert_eq!(gw.confirm(&token, &issued).await.status(), 400);
+    }
+    let refused = gw.confirm(&token, &issued).await;
+    assert_eq!(refused.headers()["retry-after"], "60");
+    assert_problem(refused, 429, "confirmation_attempts_exhausted").await;
+    assert_eq!(
+        gw.forwarded(SUCCESS).len(),
+        2,
+        "the third attempt never left"
+    );
+
+    gw.clock.advance(Duration::from_secs(60));
+    assert_eq!(gw.confirm(&token, &issued).await.status(), 200);
+    assert_eq!(gw.forwarded(SUCCESS).len(), 3);
+}
+
+#[tokio::test]
+async fn the_daily_upload_quota_counts_open_uploads_and_is_checked_again_at_confirmation() {
+    let gw = TestGateway::builder()
+        .with_config(
+            "[quotas]\ntier_claim = \"plan\"\n[quotas.tiers.default]\nmax_outstanding = 5\nmax_uploads_per_day = 1\n[quotas.tiers.roomy]\nmax_outstanding = 5\n",
+        )
+        .start()
+        .await;
+    let alice = gw.token("alice");
+    let first = gw.issue(&alice).await;
+    // One open upload already uses the day's one upload.
+    assert_problem(gw.presign(&alice).await, 429, "daily_upload_quota_exceeded").await;
+
+    // Two uploads issued under a roomier tier, confirmed under the strict one: the second is
+    // refused at confirmation, before Kizen is called.
+    let roomy = hs256(&json!({"sub": "alice", "plan": "roomy", "iat": now(), "exp": now() + 3600}));
+    let second = gw.issue(&roomy).await;
+    assert_eq!(gw.confirm(&alice, &first).await.status(), 200);
+    let refused = gw.confirm(&alice, &second).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let body = assert_problem(refused, 429, "daily_upload_quota_exceeded").await;
+    assert_eq!(body["quota"]["limit"], 1);
+    assert_eq!(gw.forwarded(SUCCESS).len(), 1);
+    // The upload stays issued: under the roomy tier it confirms.
+    assert_eq!(gw.confirm(&roomy, &second).await.status(), 200);
 }

@@ -368,3 +368,84 @@ async fn a_presign_refused_by_a_quota_spends_no_rate_budget() {
     );
     assert_eq!(response.headers()["ratelimit-remaining"], "0");
 }
+
+/// Kizen accepts a confirmation, then Redis freezes before the gateway records it: the client
+/// hears 200, repeats get a prompt 503 and never a second forward, and once Redis runs again the
+/// background retry (or the timed-out write itself, which Redis executes on waking) records the
+/// outcome exactly once.
+#[tokio::test]
+async fn a_redis_pause_between_kizens_answer_and_the_settle_never_forwards_twice() {
+    let redis = RedisServer::start();
+    let (a, b) = two_replicas(&redis, "").await;
+    let token = a.token("alice");
+    let issued = a.issue(&token).await;
+
+    let kizen_answers = std::sync::Arc::new(tokio::sync::Notify::new());
+    a.standin.script(
+        Endpoint::Success,
+        Scripted::AfterSignal(kizen_answers.clone()),
+    );
+    let first = a.confirm_task(&token, &issued);
+    a.standin.wait_for_requests(SUCCESS, 1).await;
+    redis.pause();
+    kizen_answers.notify_one();
+    assert_eq!(first.await.unwrap().status(), 200);
+
+    // Redis is frozen: the other replica cannot claim; it fails closed, promptly.
+    let started = std::time::Instant::now();
+    assert_problem(b.confirm(&token, &issued).await, 503, "store_unavailable").await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(a.forwarded(SUCCESS).len(), 1);
+
+    redis.resume();
+    let mut replay = b.confirm(&token, &issued).await;
+    for _ in 0..500 {
+        if ![409, 503].contains(&replay.status().as_u16()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        replay = b.confirm(&token, &issued).await;
+    }
+    assert_eq!(replay.status(), 200);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(a.forwarded(SUCCESS).len(), 1, "Kizen saw one call");
+}
+
+/// Kizen accepts a confirmation, then Redis goes down before the gateway records it. Before this
+/// was fixed the claim lapsed with its lease and a retry was forwarded again; now the claim holds
+/// until its own settle lands, which the gateway retries until Redis is back.
+#[tokio::test]
+async fn a_redis_outage_between_kizens_answer_and_the_settle_never_forwards_twice() {
+    let mut redis = RedisServer::start_persistent();
+    let (a, b) = two_replicas(&redis, "").await;
+    let token = a.token("alice");
+    let issued = a.issue(&token).await;
+
+    let kizen_answers = std::sync::Arc::new(tokio::sync::Notify::new());
+    a.standin.script(
+        Endpoint::Success,
+        Scripted::AfterSignal(kizen_answers.clone()),
+    );
+    let first = a.confirm_task(&token, &issued);
+    a.standin.wait_for_requests(SUCCESS, 1).await;
+    redis.stop();
+    kizen_answers.notify_one();
+    assert_eq!(first.await.unwrap().status(), 200);
+    assert_problem(b.confirm(&token, &issued).await, 503, "store_unavailable").await;
+
+    redis.start_again();
+    // Long after the claim's lease (on both replicas' clocks): still never a second forward.
+    a.clock.advance(Duration::from_secs(300));
+    b.clock.advance(Duration::from_secs(300));
+    let mut replay = b.confirm(&token, &issued).await;
+    for _ in 0..800 {
+        if ![409, 503].contains(&replay.status().as_u16()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        replay = b.confirm(&token, &issued).await;
+    }
+    assert_eq!(replay.status(), 200);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(a.forwarded(SUCCESS).len(), 1, "Kizen saw one call");
+}

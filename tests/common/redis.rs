@@ -40,6 +40,13 @@ impl RedisServer {
         Self::start_with(free_port(), Vec::new())
     }
 
+    /// A server that keeps its data across [`RedisServer::restart`] (append-only file, synced on
+    /// every write).
+    pub fn start_persistent() -> Self {
+        let extra = ["--appendonly", "yes", "--appendfsync", "always"];
+        Self::start_with(free_port(), extra.map(str::to_owned).to_vec())
+    }
+
     fn start_with(port: u16, extra: Vec<String>) -> Self {
         let dir = temp_dir(&port.to_string());
         let mut server = Self {
@@ -93,6 +100,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Starts a stopped server again on the same port and folder.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Stops the server and waits until it is gone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -121,7 +133,7 @@ impl RedisServer {
         assert!(status.success(), "kill -{signal} {}", self.pid);
     }
 
-    /// Starts it again on the same port (its data is gone: persistence is off).
+    /// Starts it again on the same port (its data is gone unless it was started persistent).
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
