@@ -278,7 +278,6 @@ async fn quotas_by_count_and_bytes_per_tier(gw: TestGateway) {
         hs256(&json!({ "sub": "gold-user", "plan": "gold", "iat": now(), "exp": now() + 3600 }));
     gw.issue(&gold).await;
     gw.issue(&gold).await;
-    gw.issue(&gold).await;
     let body: Value =
         assert_problem(gw.presign(&gold).await, 429, "too_many_outstanding_uploads").await;
     assert_eq!(body["quota"]["name"], "max_outstanding");
@@ -293,7 +292,7 @@ const QUOTAS: &str = r#"
 [quotas]
 tier_claim = "plan"
 [quotas.tiers.default]
-max_outstanding = 3
+max_outstanding = 2
 max_uploads_per_day = 2
 [quotas.tiers.pro]
 max_outstanding = 10
