@@ -7,9 +7,19 @@ mod echo;
 
 use std::sync::Once;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use bytes::{Bytes, BytesMut};
-use reqwest::Url;
+use std::time::Duration;
+
+use axum::http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header,
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
 
 use crate::{
     auth::AuthenticatedUser,
@@ -123,10 +133,20 @@ impl Credentials {
     }
 }
 
+/// Pooled keep-alive HTTP/1.1 client straight on hyper: no redirect, retry or proxy layers, and
+/// no URL parsing per call (the base is parsed once; each call only appends its path and query).
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+static USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("kizen-gateway/", env!("CARGO_PKG_VERSION")));
+
 pub struct UpstreamClient {
-    client: reqwest::Client,
-    presign_url: Url,
-    success_url: Url,
+    client: HttpClient,
+    scheme: Scheme,
+    authority: Authority,
+    /// The base URL's path without its trailing `/` ("" for a bare host).
+    base_path: String,
+    request_timeout: Duration,
     credentials: std::sync::RwLock<std::sync::Arc<Credentials>>,
     forward_headers: Vec<HeaderName>,
     max_response_bytes: usize,
@@ -136,7 +156,7 @@ pub struct UpstreamClient {
 impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamClient")
-            .field("presign_url", &self.presign_url.as_str())
+            .field("authority", &self.authority.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -148,24 +168,40 @@ impl UpstreamClient {
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
         install_crypto_provider();
-        let base = config.base_url.trim_end_matches('/');
-        let url = |path: &str| {
-            Url::parse(&format!("{base}{path}")).map_err(|e| format!("upstream.base_url: {e}"))
+        let base: Uri = config
+            .base_url
+            .parse()
+            .map_err(|e| format!("upstream.base_url: {e}"))?;
+        let (Some(scheme), Some(authority)) = (base.scheme().cloned(), base.authority().cloned())
+        else {
+            return Err("upstream.base_url: must be an absolute http(s) URL".into());
         };
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
+        let tls = {
+            use rustls_platform_verifier::BuilderVerifierExt;
+            rustls::ClientConfig::builder()
+                .with_platform_verifier()
+                .map_err(|e| format!("upstream: cannot load the TLS roots: {e}"))?
+                .with_no_client_auth()
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .tcp_nodelay(true)
-            .user_agent(concat!("kizen-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("upstream: cannot build HTTP client: {e}"))?;
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         Ok(Self {
             client,
-            presign_url: url(PRESIGN_PATH)?,
-            success_url: url(SUCCESS_PATH)?,
+            scheme,
+            authority,
+            base_path: base.path().trim_end_matches('/').to_owned(),
+            request_timeout: config.request_timeout,
             credentials: std::sync::RwLock::new(std::sync::Arc::new(Credentials::load(config)?)),
             forward_headers: config
                 .forward_headers
@@ -184,16 +220,16 @@ impl UpstreamClient {
         client_headers: &HeaderMap,
         request_id: &str,
     ) -> Result<UpstreamAnswer, GatewayError> {
-        let mut url = self.presign_url.clone();
-        url.query_pairs_mut()
+        let query = form_urlencoded::Serializer::new(String::with_capacity(128))
             .append_pair("contenttype", &input.contenttype)
             .append_pair("filename", &input.filename)
-            .append_pair("source", &input.source);
+            .append_pair("source", &input.source)
+            .finish();
         let span = upstream_span("presign");
         let credentials = self.credentials();
         let headers =
             span.in_scope(|| self.headers(&credentials, user, client_headers, request_id))?;
-        let request = self.client.get(url).headers(headers);
+        let request = self.request(Method::GET, PRESIGN_PATH, &query, headers, Bytes::new())?;
         tracing::Instrument::instrument(self.send(&credentials, "presign", request), span).await
     }
 
@@ -207,9 +243,10 @@ impl UpstreamClient {
         request_id: &str,
     ) -> Result<UpstreamAnswer, GatewayError> {
         let credentials = self.credentials();
-        let mut url = self.success_url.clone();
-        url.query_pairs_mut().append_pair("source", &upload.source);
-        let body = form_urlencoded::Serializer::new(String::new())
+        let query = form_urlencoded::Serializer::new(String::with_capacity(48))
+            .append_pair("source", &upload.source)
+            .finish();
+        let body = form_urlencoded::Serializer::new(String::with_capacity(256))
             .append_pair("uuid", &upload.s3object_id.to_string())
             .append_pair("key", &upload.key)
             .append_pair("name", &input.name)
@@ -224,8 +261,42 @@ impl UpstreamClient {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-        let request = self.client.post(url).headers(headers).body(body);
+        let request = self.request(Method::POST, SUCCESS_PATH, &query, headers, body.into())?;
         tracing::Instrument::instrument(self.send(&credentials, "confirm", request), span).await
+    }
+
+    /// The request to `path?query` under the base URL: the path and query are the only parts
+    /// parsed per call (by `http`'s cheap URI parser; both are fixed or re-encoded already).
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, GatewayError> {
+        let mut path_and_query =
+            String::with_capacity(self.base_path.len() + path.len() + 1 + query.len());
+        path_and_query.push_str(&self.base_path);
+        path_and_query.push_str(path);
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(
+                PathAndQuery::try_from(path_and_query).map_err(|_| GatewayError::Internal)?,
+            )
+            .build()
+            .map_err(|_| GatewayError::Internal)?;
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        request
+            .headers_mut()
+            .insert(header::USER_AGENT, USER_AGENT.clone());
+        Ok(request)
     }
 
     /// The credentials in force now (one snapshot per upstream call).
@@ -297,21 +368,33 @@ impl UpstreamClient {
         &self,
         credentials: &Credentials,
         route: &'static str,
-        request: reqwest::RequestBuilder,
+        request: Request<Full<Bytes>>,
     ) -> Result<UpstreamAnswer, GatewayError> {
         let started = std::time::Instant::now();
-        let response = request.send().await.map_err(|e| {
-            let failure = if e.is_timeout() {
-                UpstreamFailure::Timeout
-            } else {
-                UpstreamFailure::Unreachable
+        // One deadline for the whole exchange, answer body included.
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                // hyper's errors name the peer at most, never the request's headers.
+                tracing::warn!(route, connect = e.is_connect(), error = %e, "upstream call failed");
+                GatewayError::Upstream(UpstreamFailure::Unreachable)
+            })?;
+            let (parts, body) = response.into_parts();
+            let body = self.read_body(route, &parts.headers, body).await?;
+            Ok::<_, GatewayError>((parts.status, parts.headers, body))
+        };
+        let (status, upstream_headers, body) =
+            match tokio::time::timeout(self.request_timeout, exchange).await {
+                Ok(exchange) => exchange?,
+                Err(_) => {
+                    tracing::warn!(
+                        route,
+                        timeout_ms = self.request_timeout.as_millis() as u64,
+                        "upstream call timed out"
+                    );
+                    return Err(GatewayError::Upstream(UpstreamFailure::Timeout));
+                }
             };
-            tracing::warn!(route, error = %e.without_url(), "upstream call failed");
-            GatewayError::Upstream(failure)
-        })?;
-        let status = response.status();
-        let headers = filter_headers(credentials, response.headers());
-        let body = self.read_body(route, response).await?;
+        let headers = filter_headers(credentials, &upstream_headers);
         self.metrics
             .upstream_duration
             .get_or_create(&crate::metrics::RouteLabels { route })
@@ -369,7 +452,8 @@ impl UpstreamClient {
     async fn read_body(
         &self,
         route: &'static str,
-        mut response: reqwest::Response,
+        headers: &HeaderMap,
+        body: hyper::body::Incoming,
     ) -> Result<Bytes, GatewayError> {
         let too_large = || {
             tracing::warn!(
@@ -379,31 +463,19 @@ impl UpstreamClient {
             );
             GatewayError::Upstream(UpstreamFailure::BadResponse)
         };
-        if response
-            .content_length()
-            .is_some_and(|len| len > self.max_response_bytes as u64)
-        {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_response_bytes as u64) {
             return Err(too_large());
         }
-        let mut body = BytesMut::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > self.max_response_bytes {
-                        return Err(too_large());
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Ok(body.freeze()),
-                Err(e) => {
-                    let failure = if e.is_timeout() {
-                        UpstreamFailure::Timeout
-                    } else {
-                        UpstreamFailure::BadResponse
-                    };
-                    tracing::warn!(route, error = %e.without_url(), "reading the upstream answer failed");
-                    return Err(GatewayError::Upstream(failure));
-                }
+        match Limited::new(body, self.max_response_bytes).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Err(error) => {
+                tracing::warn!(route, %error, "reading the upstream answer failed");
+                Err(GatewayError::Upstream(UpstreamFailure::BadResponse))
             }
         }
     }
