@@ -85,10 +85,17 @@ fn check_config(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(),
 
 async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {
     let config = load(file, listen)?;
+    // Log lines are formatted on the request's thread and written to stdout by a thread of their
+    // own, so a slow log pipe never stalls a request; only a backlog of 128k lines would make
+    // requests wait (lines are never dropped: the audit trail is in them).
+    let (stdout, _flush_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("kizen-gateway-log")
+        .finish(std::io::stdout());
     let telemetry = observability::init_tracing_with_telemetry(
         &config.log,
         config.telemetry.otlp_traces,
-        std::io::stdout,
+        stdout,
     )?;
     let addr = config.server.listen;
     let app = App::from_config(config).await?;

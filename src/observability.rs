@@ -151,15 +151,21 @@ pub async fn access_log(
         .map(|id| id.0.clone());
 
     // The request's span: a server span in OpenTelemetry, child of the client's trace if any.
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        request_id = request_id.as_deref().unwrap_or("-"),
-        route,
-        http.response.status_code = tracing::field::Empty,
-    );
-    crate::telemetry::continue_trace(&span, request.headers());
+    // Built only when OpenTelemetry consumes it; the access line carries the same fields.
+    let span = if crate::telemetry::spans_consumed() {
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            request_id = request_id.as_deref().unwrap_or("-"),
+            route,
+            http.response.status_code = tracing::field::Empty,
+        );
+        crate::telemetry::continue_trace(&span, request.headers());
+        span
+    } else {
+        tracing::Span::none()
+    };
     let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
 
     let status = response.status();

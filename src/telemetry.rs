@@ -16,6 +16,15 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
+/// Whether an OpenTelemetry layer consumes spans: request and upstream spans are built only then
+/// (each costs an allocation and the formatting of its fields).
+static SPANS_CONSUMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether request and upstream spans have a consumer (OpenTelemetry tracing is on).
+pub fn spans_consumed() -> bool {
+    SPANS_CONSUMED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Keeps the exporter alive; [`Telemetry::shutdown`] flushes the spans not yet sent.
 #[derive(Default)]
 pub struct Telemetry {
@@ -58,6 +67,7 @@ impl Telemetry {
             .build();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("kizen-gateway"));
+        SPANS_CONSUMED.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok((
             Self {
                 provider: Some(provider),
@@ -113,12 +123,14 @@ pub fn continue_trace(span: &tracing::Span, client_headers: &HeaderMap) {
 /// there is no gateway span to name, so the client's own `traceparent`/`tracestate` (when well
 /// formed) go upstream unchanged: the trace stays whole either way.
 pub fn propagate(upstream: &mut HeaderMap, client_headers: &HeaderMap) {
-    let context = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&context, &mut HeaderInjector(upstream))
-    });
-    if upstream.contains_key(&TRACEPARENT) {
-        return;
+    if spans_consumed() {
+        let context = tracing::Span::current().context();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&context, &mut HeaderInjector(upstream))
+        });
+        if upstream.contains_key(&TRACEPARENT) {
+            return;
+        }
     }
     if let Some(traceparent) = client_headers
         .get(&TRACEPARENT)

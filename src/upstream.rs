@@ -483,6 +483,9 @@ impl UpstreamClient {
 
 /// A client span per Kizen call; its context is what `traceparent` carries upstream.
 fn upstream_span(route: &'static str) -> tracing::Span {
+    if !crate::telemetry::spans_consumed() {
+        return tracing::Span::none();
+    }
     tracing::info_span!("upstream", otel.name = %format_args!("kizen {route}"), otel.kind = "client", route)
 }
 
