@@ -197,7 +197,7 @@ fn confirm_rate_limit(config: &Config) -> RateLimit {
 }
 
 /// The whole HTTP application. Middleware, outermost first:
-/// request id -> access log -> CORS -> load shedding -> concurrency limit -> deadline ->
+/// request id and access log -> CORS -> load shedding -> concurrency limit -> deadline ->
 /// strict HTTP + route allowlist -> the two routes.
 pub fn app(state: AppState) -> Router {
     let config = &state.config;
@@ -209,10 +209,9 @@ pub fn app(state: AppState) -> Router {
     // One service instance behind `fallback_service`, so that the concurrency limit is global
     // rather than per route.
     let service = ServiceBuilder::new()
-        .layer(from_fn(observability::request_id))
         .layer(from_fn_with_state(
             state.metrics.clone(),
-            observability::access_log,
+            observability::observe,
         ))
         .option_layer(cors(&config.cors.allowed_origins, config.cors.max_age))
         .layer(HandleErrorLayer::new(overload_problem))

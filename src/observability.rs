@@ -111,18 +111,16 @@ fn is_sane_request_id(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
-/// Middleware: assigns the request id and echoes it on the response.
-pub async fn request_id(mut request: Request, next: Next) -> Response {
-    let value = match request.headers().get(&X_REQUEST_ID) {
+/// The client's `x-request-id` when it is sane, a fresh UUID otherwise.
+fn request_id_of(request: &Request) -> HeaderValue {
+    match request.headers().get(&X_REQUEST_ID) {
         Some(value) if is_sane_request_id(value) => value.clone(),
-        _ => HeaderValue::from_str(&Uuid::new_v4().to_string())
-            .expect("a UUID is a valid header value"),
-    };
-    let id: Arc<str> = value.to_str().unwrap_or_default().into();
-    request.extensions_mut().insert(RequestId(id));
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-    response
+        _ => {
+            let mut buffer = Uuid::encode_buffer();
+            let id = Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+            HeaderValue::from_str(id).expect("a UUID is a valid header value")
+        }
+    }
 }
 
 /// A fixed label per route: raw client paths never reach the logs.
@@ -134,21 +132,24 @@ pub fn route_label(path: &str) -> &'static str {
     }
 }
 
-/// Middleware: one line per request with route, user, status, latency and outcome.
-pub async fn access_log(
+/// Middleware, the outermost: assigns the request id (echoed on the response), and writes one
+/// access line per request with route, user, status, latency and outcome.
+pub async fn observe(
     axum::extract::State(metrics): axum::extract::State<std::sync::Arc<crate::metrics::Metrics>>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
+    let request_id_header = request_id_of(&request);
+    let request_id: Arc<str> = request_id_header.to_str().unwrap_or_default().into();
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
     let method = request.method().clone();
     let route = route_label(request.uri().path());
     let user = RequestUser::default();
     request.extensions_mut().insert(user.clone());
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone());
+    let request_id = Some(request_id);
 
     // The request's span: a server span in OpenTelemetry, child of the client's trace if any.
     // Built only when OpenTelemetry consumes it; the access line carries the same fields.
@@ -166,7 +167,10 @@ pub async fn access_log(
     } else {
         tracing::Span::none()
     };
-    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id_header);
 
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
