@@ -27,7 +27,7 @@ use crate::{
     http_guard,
     metrics::Metrics,
     observability::{self, X_REQUEST_ID},
-    rate_limit::{MemoryLimiter, RateLimit, RedisLimiter, UserRateLimiter},
+    rate_limit::RateLimit,
     routes,
     store::{MemoryStore, RedisSettings, RedisStore, StoreLimits, UploadStore},
     upstream::{PRESIGN_PATH, SUCCESS_PATH, UpstreamClient},
@@ -38,8 +38,10 @@ pub struct App {
     pub verifier: Verifier,
     pub upstream: UpstreamClient,
     pub store: Arc<dyn UploadStore>,
-    pub presign_limiter: Arc<dyn UserRateLimiter>,
-    pub confirm_limiter: Arc<dyn UserRateLimiter>,
+    /// Each user's presign budget (kept by the store).
+    pub presign_rate: RateLimit,
+    /// Each user's confirmation budget (kept by the store).
+    pub confirm_rate: RateLimit,
     /// Retries the settle of forwarded confirmations whose outcome the store did not take.
     pub settler: crate::settle::Settler,
     pub clock: Arc<dyn Clock>,
@@ -77,77 +79,34 @@ impl App {
             max_uploads_per_user: config.store.max_uploads_per_user,
             remember_expired: config.confirm.remember_expired,
         };
-        let rate = RateLimit {
-            burst: config.presign.rate_limit_burst,
-            period: config.presign.rate_limit_period,
+        let store: Arc<dyn UploadStore> = match config.store.kind {
+            StoreKind::Memory => Arc::new(MemoryStore::new(limits)),
+            StoreKind::Redis => {
+                let redis = &config.store.redis;
+                let settings = RedisSettings {
+                    urls: redis.urls.clone(),
+                    cluster: redis.cluster,
+                    password: match &redis.password {
+                        Some(source) => Some(
+                            source
+                                .load()
+                                .map_err(|e| format!("store.redis.password: {e}"))?,
+                        ),
+                        None => None,
+                    },
+                    prefix: redis.prefix.clone(),
+                    operation_timeout: redis.operation_timeout,
+                };
+                Arc::new(RedisStore::connect(&settings, limits).await?)
+            }
         };
-        let confirm_rate = confirm_rate_limit(&config);
-        type Limiter = Arc<dyn UserRateLimiter>;
-        let (store, limiter, confirm_limiter): (Arc<dyn UploadStore>, Limiter, Limiter) =
-            match config.store.kind {
-                StoreKind::Memory => (
-                    Arc::new(MemoryStore::new(limits)),
-                    Arc::new(MemoryLimiter::new(rate)),
-                    Arc::new(MemoryLimiter::new(confirm_rate)),
-                ),
-                StoreKind::Redis => {
-                    let redis = &config.store.redis;
-                    let settings = RedisSettings {
-                        urls: redis.urls.clone(),
-                        cluster: redis.cluster,
-                        password: match &redis.password {
-                            Some(source) => Some(
-                                source
-                                    .load()
-                                    .map_err(|e| format!("store.redis.password: {e}"))?,
-                            ),
-                            None => None,
-                        },
-                        prefix: redis.prefix.clone(),
-                        operation_timeout: redis.operation_timeout,
-                    };
-                    let store = RedisStore::connect(&settings, limits).await?;
-                    let keys = store.key_builder();
-                    let limiter = RedisLimiter::new(
-                        store.connection(),
-                        move |user| keys.user_key(user, "rate"),
-                        rate,
-                        redis.operation_timeout,
-                    );
-                    let keys = store.key_builder();
-                    let confirm_limiter = RedisLimiter::new(
-                        store.connection(),
-                        move |user| keys.user_key(user, "confirm-rate"),
-                        confirm_rate,
-                        redis.operation_timeout,
-                    );
-                    (
-                        Arc::new(store),
-                        Arc::new(limiter),
-                        Arc::new(confirm_limiter),
-                    )
-                }
-            };
-        Self::assemble(config, store, limiter, confirm_limiter, clock)
+        Self::with_parts(config, store, clock)
     }
 
-    /// Assembles an app from given parts (tests, embedding); confirmations are rate-limited in
-    /// memory.
+    /// Assembles an app from given parts (tests, embedding).
     pub fn with_parts(
         config: Config,
         store: Arc<dyn UploadStore>,
-        presign_limiter: Arc<dyn UserRateLimiter>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, String> {
-        let confirm_limiter = Arc::new(MemoryLimiter::new(confirm_rate_limit(&config)));
-        Self::assemble(config, store, presign_limiter, confirm_limiter, clock)
-    }
-
-    fn assemble(
-        config: Config,
-        store: Arc<dyn UploadStore>,
-        presign_limiter: Arc<dyn UserRateLimiter>,
-        confirm_limiter: Arc<dyn UserRateLimiter>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new());
@@ -160,12 +119,20 @@ impl App {
         )?;
         let upstream = UpstreamClient::new(&config.upstream, metrics.clone())?;
         let settle_budget = config.confirm.claim_lease;
+        let presign_rate = RateLimit {
+            burst: config.presign.rate_limit_burst,
+            period: config.presign.rate_limit_period,
+        };
+        let confirm_rate = RateLimit {
+            burst: config.confirm.rate_limit_burst,
+            period: config.confirm.rate_limit_period,
+        };
         Ok(Self {
             config,
             verifier,
             upstream,
-            presign_limiter,
-            confirm_limiter,
+            presign_rate,
+            confirm_rate,
             settler: crate::settle::Settler::new(store.clone(), metrics.clone(), settle_budget),
             store,
             clock,
@@ -186,13 +153,6 @@ impl App {
         let by_expiry = expires_at + confirm.grace;
         let cap = issued_at + confirm.max_window;
         by_expiry.min(cap)
-    }
-}
-
-fn confirm_rate_limit(config: &Config) -> RateLimit {
-    RateLimit {
-        burst: config.confirm.rate_limit_burst,
-        period: config.confirm.rate_limit_period,
     }
 }
 

@@ -124,8 +124,8 @@ pub async fn run_with_admin(
     result
 }
 
-/// Forgets uploads past their memory (auditing those never confirmed) and prunes the rate
-/// limiter's idle users, every `store.sweep_interval`.
+/// Forgets uploads past their memory (auditing those never confirmed) and whole rate budgets,
+/// every `store.sweep_interval`.
 fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let period = state.config.store.sweep_interval;
@@ -140,8 +140,6 @@ fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
                 }
                 Err(error) => tracing::warn!(%error, "store sweep failed"),
             }
-            state.presign_limiter.prune();
-            state.confirm_limiter.prune();
         }
     })
 }

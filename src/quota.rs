@@ -17,8 +17,6 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use time::{OffsetDateTime, Time};
 
-use crate::{error::GatewayError, store::Usage};
-
 /// The limits of one tier. `None`: no daily limit.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -37,13 +35,7 @@ pub struct QuotaConfig {
     pub tiers: BTreeMap<String, TierLimits>,
 }
 
-/// Which quota a presign would exceed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaKind {
-    Outstanding,
-    UploadsPerDay,
-    BytesPerDay,
-}
+pub use crate::store::QuotaKind;
 
 impl QuotaKind {
     pub fn name(self) -> &'static str {
@@ -96,38 +88,33 @@ impl QuotaConfig {
         (&self.default_tier, &self.tiers[&self.default_tier])
     }
 
-    /// Refuses a presign that the user's usage says would exceed a quota of their tier.
-    pub fn check(
+    /// The refusal a client is told when `kind` of the tier named by `claimed_tier` was reached
+    /// at `now`: the daily quotas free up at the next UTC midnight, the open-uploads cap when an
+    /// upload is confirmed or expires.
+    pub fn exceeded(
         &self,
         claimed_tier: Option<&str>,
-        usage: &Usage,
+        kind: QuotaKind,
         now: OffsetDateTime,
-    ) -> Result<(), GatewayError> {
+    ) -> QuotaExceeded {
         let (tier, limits) = self.tier(claimed_tier);
-        let exceeded = |kind, limit: u64, resets_at| {
-            Err(GatewayError::QuotaExceeded(QuotaExceeded {
-                kind,
-                tier: tier.to_owned(),
-                limit,
-                resets_at,
-            }))
+        let (limit, resets_at) = match kind {
+            QuotaKind::Outstanding => (limits.max_outstanding as u64, None),
+            QuotaKind::UploadsPerDay => (
+                limits.max_uploads_per_day.unwrap_or_default(),
+                Some(next_utc_midnight(now)),
+            ),
+            QuotaKind::BytesPerDay => (
+                limits.max_bytes_per_day.unwrap_or_default(),
+                Some(next_utc_midnight(now)),
+            ),
         };
-        if usage.outstanding >= limits.max_outstanding {
-            return exceeded(QuotaKind::Outstanding, limits.max_outstanding as u64, None);
+        QuotaExceeded {
+            kind,
+            tier: tier.to_owned(),
+            limit,
+            resets_at,
         }
-        let midnight = next_utc_midnight(now);
-        // Open uploads count too: each may be confirmed today.
-        if let Some(max) = limits.max_uploads_per_day
-            && usage.uploads_today + usage.outstanding as u64 >= max
-        {
-            return exceeded(QuotaKind::UploadsPerDay, max, Some(midnight));
-        }
-        if let Some(max) = limits.max_bytes_per_day
-            && usage.bytes_today >= max
-        {
-            return exceeded(QuotaKind::BytesPerDay, max, Some(midnight));
-        }
-        Ok(())
     }
 }
 
@@ -175,30 +162,18 @@ mod tests {
     }
 
     #[test]
-    fn each_quota_is_named_when_exceeded() {
+    fn a_refusal_names_its_tier_limit_and_reset() {
         let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-        let usage = |outstanding, uploads_today, bytes_today| Usage {
-            outstanding,
-            uploads_today,
-            bytes_today,
-        };
-        let kind = |tier, u: Usage| match config().check(tier, &u, now) {
-            Err(GatewayError::QuotaExceeded(e)) => Some(e.kind),
-            _ => None,
-        };
-        assert_eq!(kind(None, usage(2, 0, 0)), Some(QuotaKind::Outstanding));
-        assert_eq!(kind(None, usage(0, 3, 0)), Some(QuotaKind::UploadsPerDay));
+        let refused = config().exceeded(Some("pro"), QuotaKind::BytesPerDay, now);
         assert_eq!(
-            kind(None, usage(1, 2, 0)),
-            Some(QuotaKind::UploadsPerDay),
-            "open uploads count toward the day"
+            (refused.tier.as_str(), refused.limit, refused.resets_at),
+            ("pro", 100, Some(next_utc_midnight(now)))
         );
+        let refused = config().exceeded(Some("gold"), QuotaKind::Outstanding, now);
         assert_eq!(
-            kind(Some("pro"), usage(0, 1000, 100)),
-            Some(QuotaKind::BytesPerDay)
+            (refused.tier.as_str(), refused.limit, refused.resets_at),
+            ("default", 2, None)
         );
-        assert_eq!(kind(Some("pro"), usage(9, 1000, 99)), None);
-        assert_eq!(kind(None, usage(1, 1, 0)), None);
     }
 
     #[test]

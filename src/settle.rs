@@ -190,7 +190,10 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::store::{ClaimOutcome, MemoryStore, StoreLimits, Usage};
+    use crate::{
+        rate_limit::RateLimit,
+        store::{Admission, Claim, ClaimOutcome, MemoryStore, PresignRules, StoreLimits, Usage},
+    };
 
     /// The memory store whose settles fail while `down` is set.
     struct Flaky {
@@ -202,6 +205,14 @@ mod tests {
     impl UploadStore for Flaky {
         async fn usage(&self, user: &str, now: OffsetDateTime) -> Result<Usage, StoreError> {
             self.inner.usage(user, now).await
+        }
+        async fn admit(
+            &self,
+            user: &str,
+            now: OffsetDateTime,
+            rules: &PresignRules,
+        ) -> Result<Admission, StoreError> {
+            self.inner.admit(user, now, rules).await
         }
         async fn record(
             &self,
@@ -218,7 +229,7 @@ mod tests {
             key: &str,
             now: OffsetDateTime,
             rules: &ClaimRules,
-        ) -> Result<ClaimOutcome, StoreError> {
+        ) -> Result<Claim, StoreError> {
             self.inner.claim(user, id, key, now, rules).await
         }
         async fn release(
@@ -260,6 +271,10 @@ mod tests {
     }
 
     const RULES: ClaimRules = ClaimRules {
+        rate: RateLimit {
+            burst: 100,
+            period: Duration::from_secs(60),
+        },
         max_attempts: 5,
         attempt_backoff: Duration::from_secs(60),
         max_uploads_per_day: None,
@@ -294,6 +309,7 @@ mod tests {
             .claim("alice", id, &upload.key, now(), &RULES)
             .await
             .unwrap()
+            .outcome
         else {
             panic!("claims")
         };
@@ -336,7 +352,8 @@ mod tests {
         assert_eq!(
             store
                 .claim("alice", upload.s3object_id, &upload.key, now(), &RULES)
-                .await,
+                .await
+                .map(|c| c.outcome),
             Ok(ClaimOutcome::AlreadyConfirmed(Some(StoredResponse {
                 status: 200,
                 content_type: None,
@@ -365,7 +382,8 @@ mod tests {
         assert_eq!(
             store
                 .claim("alice", upload.s3object_id, &upload.key, now(), &RULES)
-                .await,
+                .await
+                .map(|c| c.outcome),
             Ok(ClaimOutcome::InFlight)
         );
     }

@@ -448,3 +448,26 @@ async fn a_redis_outage_between_kizens_answer_and_the_settle_never_forwards_twic
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(a.forwarded(SUCCESS).len(), 1, "Kizen saw one call");
 }
+
+/// Redis work per upload: a presign is two round trips (quotas and budget in one script, then the
+/// record), a confirmation two (budget and claim, then the settle).
+#[tokio::test]
+async fn a_presign_and_a_confirmation_are_two_redis_round_trips_each() {
+    let redis = RedisServer::start();
+    let gw = TestGateway::builder()
+        .with_redis(&[redis.url()], false, &prefix())
+        .start()
+        .await;
+    let token = gw.token("alice");
+    // The first use loads the scripts.
+    let warm = gw.issue(&token).await;
+    assert_eq!(gw.confirm(&token, &warm).await.status(), 200);
+
+    let before = redis.script_calls();
+    let issued = gw.issue(&token).await;
+    let after_presign = redis.script_calls();
+    assert_eq!(gw.confirm(&token, &issued).await.status(), 200);
+    let after_confirm = redis.script_calls();
+    assert_eq!(after_presign - before, 2, "presign: admit, record");
+    assert_eq!(after_confirm - after_presign, 2, "confirm: claim, consume");
+}

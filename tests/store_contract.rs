@@ -12,17 +12,24 @@ use std::{
 };
 
 use common::redis::{RedisCluster, RedisServer};
-use kizen_gateway::store::{RedisSettings, RedisStore, Usage};
+use kizen_gateway::{
+    rate_limit::RateLimit,
+    store::{RedisSettings, RedisStore, Usage},
+};
 
 use bytes::Bytes;
 use kizen_gateway::store::{
-    ClaimOutcome, ClaimRules, DailyQuota, IssuedUpload, Lease, MAX_COUNTED_BYTES, MemoryStore,
-    Settled, StoreError, StoreLimits, StoredResponse, UploadStore,
+    Admission, ClaimOutcome, ClaimRules, IssuedUpload, Lease, MAX_COUNTED_BYTES, MemoryStore,
+    PresignRules, QuotaKind, Settled, StoreError, StoreLimits, StoredResponse, UploadStore,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 const RULES: ClaimRules = ClaimRules {
+    rate: RateLimit {
+        burst: 1000,
+        period: Duration::from_secs(60),
+    },
     max_attempts: 3,
     attempt_backoff: Duration::from_secs(60),
     max_uploads_per_day: None,
@@ -61,6 +68,7 @@ async fn claim_lease(
         .claim(user, up.s3object_id, &up.key, now, &RULES)
         .await
         .unwrap()
+        .outcome
     {
         ClaimOutcome::Claimed { lease, .. } => lease,
         other => panic!("the claim must succeed, got {other:?}"),
@@ -81,6 +89,7 @@ pub async fn claim_takes_a_lease_once(store: Arc<dyn UploadStore>) {
         .claim("alice", up.s3object_id, &up.key, now, &RULES)
         .await
         .unwrap()
+        .outcome
     else {
         panic!("first claim must succeed")
     };
@@ -89,7 +98,8 @@ pub async fn claim_takes_a_lease_once(store: Arc<dyn UploadStore>) {
         store
             .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::InFlight
     );
 }
@@ -102,14 +112,16 @@ pub async fn unknown_and_foreign_uploads_are_not_found(store: Arc<dyn UploadStor
         store
             .claim("alice", Uuid::new_v4(), &up.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::NotFound
     );
     assert_eq!(
         store
             .claim("bob", up.s3object_id, &up.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::NotFound
     );
     // A user id that is a prefix or a case variant of another is another user.
@@ -117,14 +129,16 @@ pub async fn unknown_and_foreign_uploads_are_not_found(store: Arc<dyn UploadStor
         store
             .claim("Alice", up.s3object_id, &up.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::NotFound
     );
     assert_eq!(
         store
             .claim("alic", up.s3object_id, &up.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::NotFound
     );
 }
@@ -137,14 +151,16 @@ pub async fn a_wrong_key_is_refused_and_claims_nothing(store: Arc<dyn UploadStor
         store
             .claim("alice", up.s3object_id, "other", now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::KeyMismatch
     );
     assert!(matches!(
         store
             .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::Claimed { .. }
     ));
 }
@@ -162,7 +178,8 @@ pub async fn release_gives_the_upload_back(store: Arc<dyn UploadStore>) {
         store
             .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::Claimed { .. }
     ));
 }
@@ -179,7 +196,8 @@ pub async fn a_claim_never_lapses_and_only_its_lease_settles_it(store: Arc<dyn U
         store
             .claim("alice", up.s3object_id, &up.key, later, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::InFlight
     );
     let foreign = Lease(Uuid::new_v4());
@@ -198,7 +216,8 @@ pub async fn a_claim_never_lapses_and_only_its_lease_settles_it(store: Arc<dyn U
         store
             .claim("alice", up.s3object_id, &up.key, later, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::InFlight,
         "a foreign lease changed nothing"
     );
@@ -211,7 +230,8 @@ pub async fn a_claim_never_lapses_and_only_its_lease_settles_it(store: Arc<dyn U
         store
             .claim("alice", up.s3object_id, &up.key, later, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::AlreadyConfirmed(Some(answer()))
     );
     assert_eq!(
@@ -240,14 +260,16 @@ pub async fn failed_attempts_back_off(store: Arc<dyn UploadStore>) {
         store
             .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::BackingOff { until }
     );
     assert_eq!(
         store
             .claim("alice", up.s3object_id, "other", now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::KeyMismatch,
         "the key is still checked first"
     );
@@ -263,7 +285,8 @@ pub async fn failed_attempts_back_off(store: Arc<dyn UploadStore>) {
         store
             .claim("alice", up.s3object_id, &up.key, until, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::BackingOff {
             until: until + RULES.attempt_backoff
         }
@@ -284,6 +307,7 @@ pub async fn daily_quotas_are_checked_again_at_claim(store: Arc<dyn UploadStore>
         .claim("alice", first.s3object_id, &first.key, now, &one_a_day)
         .await
         .unwrap()
+        .outcome
     else {
         panic!("the first confirmation of the day is allowed")
     };
@@ -295,8 +319,9 @@ pub async fn daily_quotas_are_checked_again_at_claim(store: Arc<dyn UploadStore>
         store
             .claim("alice", second.s3object_id, &second.key, now, &one_a_day)
             .await
-            .unwrap(),
-        ClaimOutcome::DailyQuotaReached(DailyQuota::Uploads)
+            .unwrap()
+            .outcome,
+        ClaimOutcome::DailyQuotaReached(QuotaKind::UploadsPerDay)
     );
     let bytes = ClaimRules {
         max_bytes_per_day: Some(300),
@@ -306,8 +331,9 @@ pub async fn daily_quotas_are_checked_again_at_claim(store: Arc<dyn UploadStore>
         store
             .claim("alice", second.s3object_id, &second.key, now, &bytes)
             .await
-            .unwrap(),
-        ClaimOutcome::DailyQuotaReached(DailyQuota::Bytes)
+            .unwrap()
+            .outcome,
+        ClaimOutcome::DailyQuotaReached(QuotaKind::BytesPerDay)
     );
     // Refusals took nothing: without the quotas, the upload is still claimable; and tomorrow too.
     let tomorrow = now + Duration::from_secs(24 * 3600);
@@ -322,14 +348,16 @@ pub async fn daily_quotas_are_checked_again_at_claim(store: Arc<dyn UploadStore>
         store
             .claim("alice", other.s3object_id, &other.key, tomorrow, &one_a_day)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::Claimed { .. }
     ));
     assert!(matches!(
         store
             .claim("alice", second.s3object_id, &second.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::Claimed { .. }
     ));
 }
@@ -351,7 +379,8 @@ pub async fn a_huge_size_is_counted_capped(store: Arc<dyn UploadStore>) {
             store
                 .claim("alice", up.s3object_id, &up.key, now, &RULES)
                 .await
-                .unwrap(),
+                .unwrap()
+                .outcome,
             ClaimOutcome::AlreadyConfirmed(Some(answer())),
             "the upload is confirmed whole, never halfway"
         );
@@ -373,21 +402,24 @@ pub async fn consume_keeps_the_answer_for_the_same_key_only(store: Arc<dyn Uploa
         store
             .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::AlreadyConfirmed(Some(answer()))
     );
     assert_eq!(
         store
             .claim("alice", up.s3object_id, "other", now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::AlreadyConfirmed(None)
     );
     assert_eq!(
         store
             .claim("bob", up.s3object_id, &up.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::NotFound
     );
     assert_eq!(
@@ -406,7 +438,8 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
             store
                 .claim("alice", up.s3object_id, &up.key, up.window_end, &RULES)
                 .await
-                .unwrap(),
+                .unwrap()
+                .outcome,
             ClaimOutcome::Claimed { .. }
         ),
         "the window's last instant is inside"
@@ -418,7 +451,8 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
         store
             .claim("alice", other.s3object_id, &other.key, closed, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::Expired
     );
     assert_eq!(
@@ -433,7 +467,8 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
         store
             .claim("alice", other.s3object_id, &other.key, remembered, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::Expired
     );
 
@@ -448,7 +483,8 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
         store
             .claim("alice", other.s3object_id, &other.key, forgotten, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::NotFound
     );
     assert!(matches!(store.entry_count().await.unwrap(), None | Some(0)));
@@ -494,7 +530,7 @@ pub async fn concurrent_claims_have_one_winner(store: Arc<dyn UploadStore>) {
     }
     let mut winners = 0;
     for task in tasks {
-        match task.await.unwrap().unwrap() {
+        match task.await.unwrap().unwrap().outcome {
             ClaimOutcome::Claimed { .. } => winners += 1,
             ClaimOutcome::InFlight => {}
             other => panic!("unexpected {other:?}"),
@@ -527,7 +563,8 @@ pub async fn hostile_user_ids_do_not_collide(store: Arc<dyn UploadStore>) {
                     store
                         .claim(other, up.s3object_id, &up.key, now, &RULES)
                         .await
-                        .unwrap(),
+                        .unwrap()
+                        .outcome,
                     ClaimOutcome::NotFound
                 );
             }
@@ -558,14 +595,16 @@ pub async fn a_repeated_upload_id_never_overwrites(store: Arc<dyn UploadStore>) 
         store
             .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::Claimed { .. }
     ));
     assert!(matches!(
         store
             .claim("bob", bobs.s3object_id, &bobs.key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::Claimed { .. }
     ));
 }
@@ -580,6 +619,7 @@ pub async fn consumed_uploads_count_toward_the_day(store: Arc<dyn UploadStore>) 
             .claim("alice", up.s3object_id, &up.key, now, &RULES)
             .await
             .unwrap()
+            .outcome
         else {
             panic!()
         };
@@ -612,6 +652,137 @@ pub async fn consumed_uploads_count_toward_the_day(store: Arc<dyn UploadStore>) 
     );
 }
 
+fn presign_rules(max_outstanding: usize, burst: u32) -> PresignRules {
+    PresignRules {
+        max_outstanding,
+        max_uploads_per_day: None,
+        max_bytes_per_day: None,
+        rate: RateLimit {
+            burst,
+            period: Duration::from_secs(3600),
+        },
+    }
+}
+
+pub async fn admit_checks_quotas_then_spends_the_budget(store: Arc<dyn UploadStore>) {
+    let now = t0();
+    let rules = presign_rules(1, 2);
+    let Admission::Admitted(first) = store.admit("alice", now, &rules).await.unwrap() else {
+        panic!("a fresh user is admitted")
+    };
+    assert_eq!(
+        (first.limit, first.remaining, first.retry_after),
+        (2, 1, None)
+    );
+    let up = upload("alice", now);
+    store.record(up.clone(), 1, now).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            store.admit("alice", now, &rules).await.unwrap(),
+            Admission::QuotaReached(QuotaKind::Outstanding),
+            "a quota refusal spends no budget"
+        );
+    }
+    let lease = claim_lease(&store, "alice", &up, now).await;
+    store.consume(&up, lease, answer(), 1, now).await.unwrap();
+    let Admission::Admitted(second) = store.admit("alice", now, &rules).await.unwrap() else {
+        panic!("the second presign of the budget")
+    };
+    assert_eq!(second.remaining, 0);
+    let Admission::RateLimited(spent) = store.admit("alice", now, &rules).await.unwrap() else {
+        panic!("the budget is spent")
+    };
+    let wait = spent.retry_after.expect("a refusal says how long to wait");
+    assert!(
+        wait > Duration::from_secs(1700) && wait <= Duration::from_secs(1800),
+        "{wait:?}"
+    );
+    assert!(
+        matches!(
+            store.admit("bob", now, &rules).await.unwrap(),
+            Admission::Admitted(_)
+        ),
+        "budgets are per user"
+    );
+}
+
+pub async fn admit_counts_open_uploads_toward_the_day(store: Arc<dyn UploadStore>) {
+    let now = t0();
+    let rules = PresignRules {
+        max_uploads_per_day: Some(2),
+        ..presign_rules(10, 100)
+    };
+    store.record(upload("alice", now), 10, now).await.unwrap();
+    assert!(matches!(
+        store.admit("alice", now, &rules).await.unwrap(),
+        Admission::Admitted(_)
+    ));
+    let confirmed = upload("alice", now);
+    store.record(confirmed.clone(), 10, now).await.unwrap();
+    assert_eq!(
+        store.admit("alice", now, &rules).await.unwrap(),
+        Admission::QuotaReached(QuotaKind::UploadsPerDay),
+        "one open and one more open reach two a day"
+    );
+    let lease = claim_lease(&store, "alice", &confirmed, now).await;
+    store
+        .consume(&confirmed, lease, answer(), 500, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.admit("alice", now, &rules).await.unwrap(),
+        Admission::QuotaReached(QuotaKind::UploadsPerDay),
+        "one confirmed and one open still do"
+    );
+    let bytes = PresignRules {
+        max_bytes_per_day: Some(500),
+        ..presign_rules(10, 100)
+    };
+    assert_eq!(
+        store.admit("alice", now, &bytes).await.unwrap(),
+        Admission::QuotaReached(QuotaKind::BytesPerDay)
+    );
+}
+
+pub async fn every_claim_spends_the_confirmation_budget(store: Arc<dyn UploadStore>) {
+    let now = t0();
+    let up = upload("alice", now);
+    store.record(up.clone(), 10, now).await.unwrap();
+    let rules = ClaimRules {
+        rate: RateLimit {
+            burst: 2,
+            period: Duration::from_secs(60),
+        },
+        ..RULES
+    };
+    let unknown = store
+        .claim("alice", Uuid::new_v4(), "k", now, &rules)
+        .await
+        .unwrap();
+    assert_eq!(unknown.outcome, ClaimOutcome::NotFound);
+    assert_eq!((unknown.budget.limit, unknown.budget.remaining), (2, 1));
+    let claimed = store
+        .claim("alice", up.s3object_id, &up.key, now, &rules)
+        .await
+        .unwrap();
+    assert!(matches!(claimed.outcome, ClaimOutcome::Claimed { .. }));
+    assert_eq!(claimed.budget.remaining, 0);
+    let limited = store
+        .claim("alice", up.s3object_id, &up.key, now, &rules)
+        .await
+        .unwrap();
+    assert_eq!(limited.outcome, ClaimOutcome::RateLimited);
+    assert!(limited.budget.retry_after.is_some());
+    // The presign budget is another one.
+    assert!(matches!(
+        store
+            .admit("alice", now, &presign_rules(10, 1))
+            .await
+            .unwrap(),
+        Admission::Admitted(_)
+    ));
+}
+
 type MakeStore = fn(StoreLimits) -> Pin<Box<dyn Future<Output = Arc<dyn UploadStore>> + Send>>;
 
 /// Generates one `#[tokio::test]` per contract case for a backend.
@@ -629,6 +800,9 @@ macro_rules! contract_suite {
                 failed_attempts_back_off,
                 daily_quotas_are_checked_again_at_claim,
                 a_huge_size_is_counted_capped,
+                admit_checks_quotas_then_spends_the_budget,
+                admit_counts_open_uploads_toward_the_day,
+                every_claim_spends_the_confirmation_budget,
                 consume_keeps_the_answer_for_the_same_key_only,
                 expiry_then_forgetting,
                 per_user_cap_counts_open_uploads_only,
@@ -737,7 +911,8 @@ async fn a_full_memory_store_evicts_settled_and_expired_entries_never_open_ones(
         store
             .claim("user1", live[1].s3object_id, &live[1].key, now, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::NotFound,
         "the confirmed entry made room"
     );
@@ -753,7 +928,8 @@ async fn a_full_memory_store_evicts_settled_and_expired_entries_never_open_ones(
         store
             .claim("user0", live[0].s3object_id, &live[0].key, closed, &RULES)
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::InFlight,
         "the claimed upload survived"
     );
@@ -792,7 +968,8 @@ async fn one_user_cannot_crowd_the_memory_store() {
                 &RULES
             )
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::NotFound,
         "her confirmed entry due to be forgotten soonest went first"
     );
@@ -806,7 +983,8 @@ async fn one_user_cannot_crowd_the_memory_store() {
                 &RULES
             )
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         ClaimOutcome::AlreadyConfirmed(Some(answer()))
     );
     assert_eq!(

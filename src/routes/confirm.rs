@@ -20,10 +20,8 @@ use crate::{
     auth::AuthenticatedUser,
     error::GatewayError,
     observability::{Outcome, RequestId, audit},
-    quota::{QuotaExceeded, QuotaKind, next_utc_midnight},
-    rate_limit::RateLimitError,
     settle::Settlement,
-    store::{ClaimOutcome, ClaimRules, DailyQuota, StoredResponse},
+    store::{Claim, ClaimOutcome, ClaimRules, StoredResponse},
     validate,
 };
 
@@ -43,36 +41,30 @@ pub async fn confirm(
     let body = read_limited(body, &headers, state.config.confirm.max_body_bytes).await?;
     let input = validate::confirm(&body).map_err(GatewayError::InvalidInput)?;
 
-    let budget = state
-        .confirm_limiter
-        .check(&user.id)
-        .await
-        .map_err(|error| match error {
-            RateLimitError::Limited(headers) => GatewayError::ConfirmationRateLimited(headers),
-            RateLimitError::Unavailable => GatewayError::StoreUnavailable,
-        })?;
-
+    // The confirmation budget, then the claim, in one step of the store.
     let now = state.clock.now();
-    let (tier_name, tier) = state.config.quotas.tier(user.tier.as_deref());
+    let (_, tier) = state.config.quotas.tier(user.tier.as_deref());
     let confirm = &state.config.confirm;
     let rules = ClaimRules {
+        rate: state.confirm_rate,
         max_attempts: confirm.max_attempts,
         attempt_backoff: confirm.attempt_backoff,
         max_uploads_per_day: tier.max_uploads_per_day,
         max_bytes_per_day: tier.max_bytes_per_day,
     };
-    let claim = state
+    let Claim { outcome, budget } = state
         .store
         .claim(&user.id, input.uuid, &input.key, now, &rules)
         .await?;
     let claimed_at = Instant::now();
-    let (lease, upload) = match claim {
+    let (lease, upload) = match outcome {
         ClaimOutcome::Claimed { lease, upload } => (lease, upload),
         ClaimOutcome::AlreadyConfirmed(Some(stored)) => {
             let mut response = replay(stored);
             budget.write(response.headers_mut());
             return Ok(response);
         }
+        ClaimOutcome::RateLimited => return Err(GatewayError::ConfirmationRateLimited(budget)),
         refused => {
             let error = match refused {
                 ClaimOutcome::NotFound => GatewayError::UploadNotFound,
@@ -82,18 +74,12 @@ pub async fn confirm(
                 ClaimOutcome::BackingOff { until } => GatewayError::AttemptsExhausted {
                     retry_after: (until - now).try_into().unwrap_or_default(),
                 },
-                ClaimOutcome::DailyQuotaReached(quota) => {
-                    let (kind, limit) = match quota {
-                        DailyQuota::Uploads => (QuotaKind::UploadsPerDay, tier.max_uploads_per_day),
-                        DailyQuota::Bytes => (QuotaKind::BytesPerDay, tier.max_bytes_per_day),
-                    };
-                    GatewayError::QuotaExceeded(QuotaExceeded {
-                        kind,
-                        tier: tier_name.to_owned(),
-                        limit: limit.unwrap_or_default(),
-                        resets_at: Some(next_utc_midnight(now)),
-                    })
-                }
+                ClaimOutcome::DailyQuotaReached(kind) => GatewayError::QuotaExceeded(
+                    state
+                        .config
+                        .quotas
+                        .exceeded(user.tier.as_deref(), kind, now),
+                ),
                 _ => GatewayError::AlreadyConfirmed,
             };
             audit::rejected(

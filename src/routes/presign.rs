@@ -16,10 +16,9 @@ use crate::{
     app::AppState,
     auth::AuthenticatedUser,
     error::{GatewayError, UpstreamFailure},
-    observability::{Outcome, RequestId, audit},
-    quota::{QuotaExceeded, QuotaKind},
-    rate_limit::RateLimitError,
-    store::{IssuedUpload, StoreError},
+    observability::{RequestId, audit},
+    quota::QuotaKind,
+    store::{Admission, IssuedUpload, PresignRules, StoreError},
     validate,
 };
 
@@ -33,19 +32,25 @@ pub async fn presign(
     let input = validate::presign(uri.query(), &state.config.presign)
         .map_err(GatewayError::InvalidInput)?;
 
-    // Quotas before the rate limit: a presign refused by a quota spends no rate budget.
+    // Quotas, then the rate limit, in one step of the store: a presign refused by a quota spends
+    // no rate budget.
     let now = state.clock.now();
-    let usage = state.store.usage(&user.id, now).await?;
     let quotas = &state.config.quotas;
-    quotas.check(user.tier.as_deref(), &usage, now)?;
-    let budget = state
-        .presign_limiter
-        .check(&user.id)
-        .await
-        .map_err(|error| match error {
-            RateLimitError::Limited(headers) => GatewayError::RateLimited(headers),
-            RateLimitError::Unavailable => GatewayError::StoreUnavailable,
-        })?;
+    let (_, tier) = quotas.tier(user.tier.as_deref());
+    let rules = PresignRules {
+        max_outstanding: tier.max_outstanding,
+        max_uploads_per_day: tier.max_uploads_per_day,
+        max_bytes_per_day: tier.max_bytes_per_day,
+        rate: state.presign_rate,
+    };
+    let budget = match state.store.admit(&user.id, now, &rules).await? {
+        Admission::Admitted(budget) => budget,
+        Admission::RateLimited(budget) => return Err(GatewayError::RateLimited(budget)),
+        Admission::QuotaReached(kind) => {
+            let refused = quotas.exceeded(user.tier.as_deref(), kind, now);
+            return Err(GatewayError::QuotaExceeded(refused));
+        }
+    };
 
     let answer = state
         .upstream
@@ -59,7 +64,6 @@ pub async fn presign(
     }
 
     let issued = PresignAnswer::parse(&answer.body)?;
-    let (tier_name, tier) = quotas.tier(user.tier.as_deref());
     let upload = IssuedUpload {
         s3object_id: issued.s3object_id,
         key: issued.key,
@@ -75,24 +79,18 @@ pub async fn presign(
         .record(upload.clone(), tier.max_outstanding, now)
         .await
         .map_err(|error| match error {
-            StoreError::UserCapReached { .. } => quota_error(tier_name, tier.max_outstanding),
+            StoreError::UserCapReached { .. } => GatewayError::QuotaExceeded(quotas.exceeded(
+                user.tier.as_deref(),
+                QuotaKind::Outstanding,
+                now,
+            )),
             other => other.into(),
         })?;
     audit::issued(&state.metrics, &upload, &request_id.0);
 
     let mut response = upstream_response(answer, "issued");
     budget.write(response.headers_mut());
-    response.extensions_mut().insert(Outcome("issued"));
     Ok(response)
-}
-
-fn quota_error(tier: &str, limit: usize) -> GatewayError {
-    GatewayError::QuotaExceeded(QuotaExceeded {
-        kind: QuotaKind::Outstanding,
-        tier: tier.to_owned(),
-        limit: limit as u64,
-        resets_at: None,
-    })
 }
 
 /// The parts of the upstream's answer the gateway must understand to record the upload.

@@ -14,10 +14,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    ClaimOutcome, ClaimRules, DailyQuota, IssuedUpload, Lease, MAX_COUNTED_BYTES,
-    MAX_STORED_RESPONSE_BYTES, Settled, StoreError, StoreLimits, StoredResponse, UploadStore,
-    Usage, from_unix_ms, unix_ms,
+    Admission, Claim, ClaimOutcome, ClaimRules, IssuedUpload, Lease, MAX_COUNTED_BYTES,
+    MAX_STORED_RESPONSE_BYTES, PresignRules, QuotaKind, Settled, StoreError, StoreLimits,
+    StoredResponse, UploadStore, Usage, from_unix_ms, unix_ms,
 };
+use crate::rate_limit::{RateLimit, RateLimitHeaders, gcra};
 
 type UserId = Arc<str>;
 
@@ -109,9 +110,19 @@ impl DailyCounters {
     }
 }
 
+/// A user's rate-limit state: the GCRA theoretical arrival times, in microseconds of the store's
+/// monotonic clock.
+#[derive(Debug, Default, Clone, Copy)]
+struct Budgets {
+    presign_tat: i64,
+    confirm_tat: i64,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     users: HashMap<UserId, UserUploads>,
+    /// Budgets of the users who spent some lately (pruned by the sweep once whole again).
+    budgets: HashMap<UserId, Budgets>,
     /// Every entry by window end: the sweep forgets from the front, and when the store is full,
     /// entries at the front whose window has closed are evicted first.
     by_window: BTreeSet<(i64, UserId, Uuid)>,
@@ -131,6 +142,36 @@ impl Inner {
         let interned: Arc<str> = source.into();
         self.sources.push(interned.clone());
         interned
+    }
+
+    /// Takes one request from a user's budget (`confirm` or presign), or says how long to wait.
+    fn spend(
+        &mut self,
+        user: &str,
+        confirm: bool,
+        limit: &RateLimit,
+        now_us: i64,
+    ) -> Result<RateLimitHeaders, RateLimitHeaders> {
+        let budgets = self.budgets.get(user).copied().unwrap_or_default();
+        let tat = if confirm {
+            budgets.confirm_tat
+        } else {
+            budgets.presign_tat
+        };
+        let (kept, headers) = gcra(tat, now_us, limit);
+        let Some(new_tat) = kept else {
+            return Err(headers);
+        };
+        let entry = match self.budgets.get_mut(user) {
+            Some(entry) => entry,
+            None => self.budgets.entry(user.into()).or_default(),
+        };
+        if confirm {
+            entry.confirm_tat = new_tat;
+        } else {
+            entry.presign_tat = new_tat;
+        }
+        Ok(headers)
     }
 
     fn outstanding(&self, user: &str, now_ms: i64) -> usize {
@@ -246,6 +287,8 @@ fn issued(user: &str, id: Uuid, entry: &Entry) -> IssuedUpload {
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     limits: StoreLimits,
+    /// The rate limits' clock: monotonic, whatever the wall clock does.
+    origin: std::time::Instant,
 }
 
 impl MemoryStore {
@@ -253,7 +296,13 @@ impl MemoryStore {
         Self {
             inner: Mutex::new(Inner::default()),
             limits,
+            origin: std::time::Instant::now(),
         }
+    }
+
+    fn now_us(&self) -> i64 {
+        // Offset by a second so that a fresh budget (TAT 0) is whole from the first instant.
+        i64::try_from(self.origin.elapsed().as_micros()).unwrap_or(i64::MAX) + 1_000_000
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -266,6 +315,73 @@ impl MemoryStore {
 
     fn remember_ms(&self) -> i64 {
         i64::try_from(self.limits.remember_expired.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+impl MemoryStore {
+    /// The claim's checks after the budget, under the lock.
+    fn claim_upload(
+        &self,
+        inner: &mut Inner,
+        user: &str,
+        id: Uuid,
+        key: &str,
+        now: OffsetDateTime,
+        rules: &ClaimRules,
+    ) -> ClaimOutcome {
+        let now_ms = unix_ms(now);
+        let remember_ms = self.remember_ms();
+        let (uploads_today, bytes_today) = inner.daily.get(user, now_ms.div_euclid(DAY_MS));
+        let Some(entry) = inner
+            .users
+            .get_mut(user)
+            .and_then(|u| u.uploads.get_mut(&id))
+        else {
+            return ClaimOutcome::NotFound;
+        };
+        if now_ms >= entry.window_end_ms.saturating_add(remember_ms) {
+            return ClaimOutcome::NotFound;
+        }
+        let key_matches = *entry.key == *key;
+        match &entry.state {
+            State::Consumed(stored) => {
+                return ClaimOutcome::AlreadyConfirmed(if key_matches {
+                    stored.as_deref().cloned()
+                } else {
+                    None
+                });
+            }
+            _ if !key_matches => return ClaimOutcome::KeyMismatch,
+            State::Claimed => return ClaimOutcome::InFlight,
+            State::Issued => {}
+        }
+        if now_ms > entry.window_end_ms {
+            return ClaimOutcome::Expired;
+        }
+        if now_ms < entry.retry_at_ms {
+            return ClaimOutcome::BackingOff {
+                until: from_unix_ms(entry.retry_at_ms),
+            };
+        }
+        if rules
+            .max_uploads_per_day
+            .is_some_and(|max| uploads_today >= max)
+        {
+            return ClaimOutcome::DailyQuotaReached(QuotaKind::UploadsPerDay);
+        }
+        if rules
+            .max_bytes_per_day
+            .is_some_and(|max| bytes_today >= max)
+        {
+            return ClaimOutcome::DailyQuotaReached(QuotaKind::BytesPerDay);
+        }
+        let lease = Lease(Uuid::new_v4());
+        entry.lease = lease.0;
+        entry.state = State::Claimed;
+        ClaimOutcome::Claimed {
+            lease,
+            upload: issued(user, id, entry),
+        }
     }
 }
 
@@ -283,6 +399,39 @@ impl UploadStore for MemoryStore {
             outstanding: inner.outstanding(user, now_ms),
             uploads_today,
             bytes_today,
+        })
+    }
+
+    async fn admit(
+        &self,
+        user: &str,
+        now: OffsetDateTime,
+        rules: &PresignRules,
+    ) -> Result<Admission, StoreError> {
+        let now_ms = unix_ms(now);
+        let now_us = self.now_us();
+        let mut inner = self.lock();
+        let outstanding = inner.outstanding(user, now_ms);
+        let (uploads_today, bytes_today) = inner.daily.get(user, now_ms.div_euclid(DAY_MS));
+        if outstanding >= rules.max_outstanding {
+            return Ok(Admission::QuotaReached(QuotaKind::Outstanding));
+        }
+        // Open uploads count toward the day: each may be confirmed today.
+        if rules
+            .max_uploads_per_day
+            .is_some_and(|max| uploads_today + outstanding as u64 >= max)
+        {
+            return Ok(Admission::QuotaReached(QuotaKind::UploadsPerDay));
+        }
+        if rules
+            .max_bytes_per_day
+            .is_some_and(|max| bytes_today >= max)
+        {
+            return Ok(Admission::QuotaReached(QuotaKind::BytesPerDay));
+        }
+        Ok(match inner.spend(user, false, &rules.rate, now_us) {
+            Ok(budget) => Admission::Admitted(budget),
+            Err(budget) => Admission::RateLimited(budget),
         })
     }
 
@@ -344,63 +493,21 @@ impl UploadStore for MemoryStore {
         key: &str,
         now: OffsetDateTime,
         rules: &ClaimRules,
-    ) -> Result<ClaimOutcome, StoreError> {
-        let now_ms = unix_ms(now);
-        let remember_ms = self.remember_ms();
+    ) -> Result<Claim, StoreError> {
+        let now_us = self.now_us();
         let mut inner = self.lock();
-        let (uploads_today, bytes_today) = inner.daily.get(user, now_ms.div_euclid(DAY_MS));
-        let Some(entry) = inner
-            .users
-            .get_mut(user)
-            .and_then(|u| u.uploads.get_mut(&id))
-        else {
-            return Ok(ClaimOutcome::NotFound);
-        };
-        if now_ms >= entry.window_end_ms.saturating_add(remember_ms) {
-            return Ok(ClaimOutcome::NotFound);
-        }
-        let key_matches = *entry.key == *key;
-        match &entry.state {
-            State::Consumed(stored) => {
-                return Ok(ClaimOutcome::AlreadyConfirmed(if key_matches {
-                    stored.as_deref().cloned()
-                } else {
-                    None
-                }));
+        let budget = match inner.spend(user, true, &rules.rate, now_us) {
+            Ok(budget) => budget,
+            Err(budget) => {
+                return Ok(Claim {
+                    outcome: ClaimOutcome::RateLimited,
+                    budget,
+                });
             }
-            _ if !key_matches => return Ok(ClaimOutcome::KeyMismatch),
-            State::Claimed => return Ok(ClaimOutcome::InFlight),
-            State::Issued => {}
-        }
-        if now_ms > entry.window_end_ms {
-            return Ok(ClaimOutcome::Expired);
-        }
-        if now_ms < entry.retry_at_ms {
-            return Ok(ClaimOutcome::BackingOff {
-                until: from_unix_ms(entry.retry_at_ms),
-            });
-        }
-        if rules
-            .max_uploads_per_day
-            .is_some_and(|max| uploads_today >= max)
-        {
-            return Ok(ClaimOutcome::DailyQuotaReached(DailyQuota::Uploads));
-        }
-        if rules
-            .max_bytes_per_day
-            .is_some_and(|max| bytes_today >= max)
-        {
-            return Ok(ClaimOutcome::DailyQuotaReached(DailyQuota::Bytes));
-        }
-        let lease = Lease(Uuid::new_v4());
-        entry.lease = lease.0;
-        entry.state = State::Claimed;
-        Ok(ClaimOutcome::Claimed {
-            lease,
-            upload: issued(user, id, entry),
-        })
+        };
+        let outcome = self.claim_upload(&mut inner, user, id, key, now, rules);
+        Ok(Claim { outcome, budget })
     }
-
     async fn release(
         &self,
         upload: &IssuedUpload,
@@ -480,7 +587,15 @@ impl UploadStore for MemoryStore {
     async fn purge(&self, now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError> {
         let now_ms = unix_ms(now);
         let remember_ms = self.remember_ms();
-        self.lock().daily.roll_to(now_ms.div_euclid(DAY_MS));
+        let now_us = self.now_us();
+        {
+            let mut inner = self.lock();
+            inner.daily.roll_to(now_ms.div_euclid(DAY_MS));
+            // A budget whose TAT has passed is whole: forgetting it changes nothing.
+            inner
+                .budgets
+                .retain(|_, b| b.presign_tat > now_us || b.confirm_tat > now_us);
+        }
         let mut never_confirmed = Vec::new();
         // In batches, letting requests take the lock in between.
         while self

@@ -18,6 +18,8 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::rate_limit::{RateLimit, RateLimitHeaders};
+
 pub use memory::MemoryStore;
 pub use redis::{RedisSettings, RedisStore};
 
@@ -78,10 +80,42 @@ pub struct StoredResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease(pub Uuid);
 
-/// The rules a claim checks besides identity and key: the per-upload attempt limit and the
-/// user's daily quotas (checked again here, since a presign only saw the usage of its moment).
+/// Which quota refused a presign or a confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKind {
+    /// Open uploads at once.
+    Outstanding,
+    UploadsPerDay,
+    BytesPerDay,
+}
+
+/// What a presign must pass, in this order: its tier's quotas (open uploads, and today's
+/// confirmed plus open uploads, and today's bytes), then the user's presign budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresignRules {
+    pub max_outstanding: usize,
+    pub max_uploads_per_day: Option<u64>,
+    pub max_bytes_per_day: Option<u64>,
+    pub rate: RateLimit,
+}
+
+/// The verdict on a presign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Within the quotas; one presign was taken from the budget.
+    Admitted(RateLimitHeaders),
+    /// A quota refused it; the budget was not touched.
+    QuotaReached(QuotaKind),
+    /// The budget is spent.
+    RateLimited(RateLimitHeaders),
+}
+
+/// The rules a claim checks besides identity and key: the user's confirmation budget (spent by
+/// every attempt, first), the per-upload attempt limit and the user's daily quotas (checked again
+/// here, since a presign only saw the usage of its moment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClaimRules {
+    pub rate: RateLimit,
     /// Failed confirmations (released claims) after which the upload backs off.
     pub max_attempts: u32,
     /// How long an upload that used up its attempts refuses new ones.
@@ -90,13 +124,6 @@ pub struct ClaimRules {
     pub max_uploads_per_day: Option<u64>,
     /// Confirmed bytes per UTC day; `None`: no limit.
     pub max_bytes_per_day: Option<u64>,
-}
-
-/// Which daily quota refused a claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DailyQuota {
-    Uploads,
-    Bytes,
 }
 
 /// What a settle (`consume` or `release`) found.
@@ -132,9 +159,18 @@ pub enum ClaimOutcome {
         until: OffsetDateTime,
     },
     /// The user reached a daily quota; the upload stays issued.
-    DailyQuotaReached(DailyQuota),
+    DailyQuotaReached(QuotaKind),
+    /// The user's confirmation budget is spent; nothing was checked.
+    RateLimited,
     /// Confirmed before. `Some` when the same key is repeated and the answer was kept.
     AlreadyConfirmed(Option<StoredResponse>),
+}
+
+/// A claim's verdict, and the user's confirmation budget after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub outcome: ClaimOutcome,
+    pub budget: RateLimitHeaders,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -171,6 +207,16 @@ pub trait UploadStore: Send + Sync + 'static {
     /// The user's open uploads and today's confirmed uploads and bytes, in one read.
     async fn usage(&self, user: &str, now: OffsetDateTime) -> Result<Usage, StoreError>;
 
+    /// Checks a presign against the user's quotas and, if they allow it, takes it from the user's
+    /// presign budget: one atomic step. The budget runs on the store's own clock (the Redis
+    /// server's), not on `now`, which dates the quota day and the open uploads.
+    async fn admit(
+        &self,
+        user: &str,
+        now: OffsetDateTime,
+        rules: &PresignRules,
+    ) -> Result<Admission, StoreError>;
+
     /// Records an issued upload, unless the user already holds `max_outstanding` open uploads
     /// or the store is full. Never evicts a live upload to make room.
     async fn record(
@@ -180,8 +226,9 @@ pub trait UploadStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<(), StoreError>;
 
-    /// Atomically checks that `user` may confirm `id` with `key` now (owner, key, window, attempt
-    /// backoff, daily quotas of `rules`), and if so takes a lease. The claim holds until settled.
+    /// Atomically takes one confirmation from the user's budget, then checks that `user` may
+    /// confirm `id` with `key` now (owner, key, window, attempt backoff, daily quotas of
+    /// `rules`), and if so takes a lease. The claim holds until settled.
     async fn claim(
         &self,
         user: &str,
@@ -189,7 +236,7 @@ pub trait UploadStore: Send + Sync + 'static {
         key: &str,
         now: OffsetDateTime,
         rules: &ClaimRules,
-    ) -> Result<ClaimOutcome, StoreError>;
+    ) -> Result<Claim, StoreError>;
 
     /// Gives a claimed upload back (the upstream refused it, or was never reached) and counts the
     /// failed attempt; after `rules.max_attempts` of them the upload backs off for

@@ -7,7 +7,11 @@
 //! - `<prefix>:{U}:up:<uuid>`: one upload (a hash), expiring when it is forgotten;
 //! - `<prefix>:{U}:open`: the user's open uploads (a sorted set scored by window end);
 //! - `<prefix>:{U}:day:<yyyymmdd>`: the user's confirmed uploads and bytes that day;
-//! - `<prefix>:{U}:rate`: the user's presign rate-limit state (GCRA theoretical arrival time).
+//! - `<prefix>:{U}:rate`: the user's presign rate-limit state (GCRA theoretical arrival time);
+//! - `<prefix>:{U}:confirm-rate`: the same for confirmations.
+//!
+//! A presign costs two round trips (`ADMIT`: quotas and budget; `RECORD`), a confirmation two
+//! (`CLAIM`: budget and claim; `CONSUME` or `RELEASE`).
 
 use std::time::Duration;
 
@@ -18,10 +22,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    ClaimOutcome, ClaimRules, DailyQuota, IssuedUpload, Lease, MAX_COUNTED_BYTES,
-    MAX_STORED_RESPONSE_BYTES, Settled, StoreError, StoreLimits, StoredResponse, UploadStore,
-    Usage, day_of, from_unix_ms, unix_ms,
+    Admission, Claim, ClaimOutcome, ClaimRules, IssuedUpload, Lease, MAX_COUNTED_BYTES,
+    MAX_STORED_RESPONSE_BYTES, PresignRules, QuotaKind, Settled, StoreError, StoreLimits,
+    StoredResponse, UploadStore, Usage, day_of, from_unix_ms, unix_ms,
 };
+use crate::rate_limit::{RateLimit, RateLimitHeaders};
 
 /// A connection to one node (reconnecting by itself) or to a cluster.
 #[derive(Clone)]
@@ -103,6 +108,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 struct Scripts {
+    admit: Script,
     record: Script,
     claim: Script,
     release: Script,
@@ -123,32 +129,95 @@ if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KE
 return 'OK'
 "#;
 
+/// GCRA on the budget key `KEYS[RATE]` with `ARGV[INTERVAL]` (µs) and `ARGV[BURST]`, timed by the
+/// Redis server's clock (replicas' clocks do not matter): the arithmetic of
+/// [`crate::rate_limit::gcra`]. Leaves `allowed`, `remaining`, `reset_us`, `retry_us` set.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[INTERVAL])
+local burst = tonumber(ARGV[BURST])
+local tat = tonumber(redis.call('GET', KEYS[RATE]) or '0')
+if tat < now_us then tat = now_us end
+local new_tat = tat + interval
+local allow_at = new_tat - burst * interval
+local allowed, remaining, reset_us, retry_us
+if now_us < allow_at then
+  allowed, remaining, reset_us, retry_us = false, 0, tat - now_us, allow_at - now_us
+else
+  redis.call('SET', KEYS[RATE], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now_us) / 1000))
+  allowed, remaining, reset_us, retry_us = true, math.floor((now_us - allow_at) / interval), new_tat - now_us, 0
+end
+"#;
+
+/// KEYS: open, day, rate. ARGV: now_ms, max_outstanding, max_uploads_per_day (or ''),
+/// max_bytes_per_day (or ''), interval_us, burst.
+const ADMIT: &str = r#"
+local now = ARGV[1]
+local open = redis.call('ZCOUNT', KEYS[1], now, '+inf')
+if open >= tonumber(ARGV[2]) then return {'QUOTA', 'outstanding'} end
+if ARGV[3] ~= '' or ARGV[4] ~= '' then
+  local day = redis.call('HMGET', KEYS[2], 'uploads', 'bytes')
+  -- Open uploads count toward the day: each may be confirmed today.
+  if ARGV[3] ~= '' and tonumber(day[1] or '0') + open >= tonumber(ARGV[3]) then return {'QUOTA', 'uploads'} end
+  if ARGV[4] ~= '' and tonumber(day[2] or '0') >= tonumber(ARGV[4]) then return {'QUOTA', 'bytes'} end
+end
+"#;
+
+/// KEYS: upload, day, confirm-rate. ARGV: now_ms, user, key, lease, max_uploads_per_day (or ''),
+/// max_bytes_per_day (or ''), interval_us, burst. Every answer ends with the budget.
 const CLAIM: &str = r#"
--- KEYS: upload, day. ARGV: now_ms, user, key, lease, max_uploads_per_day (or ''), max_bytes_per_day (or '')
+if not allowed then return {'RATE_LIMITED', remaining, reset_us, retry_us} end
+local function answer(...)
+  local a = {...}
+  table.insert(a, remaining)
+  table.insert(a, reset_us)
+  table.insert(a, retry_us)
+  return a
+end
 local f = redis.call('HMGET', KEYS[1], 'user', 'key', 'state', 'retry_at', 'window_end', 'forget',
   'source', 'issued', 'status', 'content_type', 'body')
 local now = tonumber(ARGV[1])
-if not f[1] or f[1] ~= ARGV[2] or now >= tonumber(f[6]) then return {'NOT_FOUND'} end
+if not f[1] or f[1] ~= ARGV[2] or now >= tonumber(f[6]) then return answer('NOT_FOUND') end
 local same_key = f[2] == ARGV[3]
 if f[3] == 'consumed' then
-  if same_key and f[9] then return {'CONFIRMED', f[9], f[10] or '', f[11]} end
-  return {'CONFIRMED'}
+  if same_key and f[9] then return answer('CONFIRMED', f[9], f[10] or '', f[11]) end
+  return answer('CONFIRMED', '', '', '')
 end
-if not same_key then return {'KEY_MISMATCH'} end
+if not same_key then return answer('KEY_MISMATCH') end
 -- A claim is never taken over: only its own settle ends it.
-if f[3] == 'claimed' then return {'IN_FLIGHT'} end
-if now > tonumber(f[5]) then return {'EXPIRED'} end
-if f[4] and now < tonumber(f[4]) then return {'BACKING_OFF', f[4]} end
+if f[3] == 'claimed' then return answer('IN_FLIGHT') end
+if now > tonumber(f[5]) then return answer('EXPIRED') end
+if f[4] and now < tonumber(f[4]) then return answer('BACKING_OFF', f[4]) end
 if ARGV[5] ~= '' or ARGV[6] ~= '' then
   local day = redis.call('HMGET', KEYS[2], 'uploads', 'bytes')
-  if ARGV[5] ~= '' and tonumber(day[1] or '0') >= tonumber(ARGV[5]) then return {'QUOTA', 'uploads'} end
-  if ARGV[6] ~= '' and tonumber(day[2] or '0') >= tonumber(ARGV[6]) then return {'QUOTA', 'bytes'} end
+  if ARGV[5] ~= '' and tonumber(day[1] or '0') >= tonumber(ARGV[5]) then return answer('QUOTA', 'uploads') end
+  if ARGV[6] ~= '' and tonumber(day[2] or '0') >= tonumber(ARGV[6]) then return answer('QUOTA', 'bytes') end
 end
 -- The claim's time is the Redis server's, whatever the replica's clock says.
-local t = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'state', 'claimed', 'lease', ARGV[4], 'claimed_at', t[1])
-return {'CLAIMED', f[2], f[7], f[8], f[5]}
+return answer('CLAIMED', f[2], f[7], f[8], f[5])
 "#;
+
+/// The admission script: quotas, then (if they pass) the budget.
+fn admit_script() -> Script {
+    let gcra = GCRA
+        .replace("KEYS[RATE]", "KEYS[3]")
+        .replace("ARGV[INTERVAL]", "ARGV[5]")
+        .replace("ARGV[BURST]", "ARGV[6]");
+    Script::new(&format!(
+        "{ADMIT}{gcra}if not allowed then return {{'RATE_LIMITED', remaining, reset_us, retry_us}} end\nreturn {{'OK', remaining, reset_us, retry_us}}\n"
+    ))
+}
+
+/// The claim script: the budget, then the claim.
+fn claim_script() -> Script {
+    let gcra = GCRA
+        .replace("KEYS[RATE]", "KEYS[3]")
+        .replace("ARGV[INTERVAL]", "ARGV[7]")
+        .replace("ARGV[BURST]", "ARGV[8]");
+    Script::new(&format!("{gcra}{CLAIM}"))
+}
 
 const RELEASE: &str = r#"
 -- KEYS: upload. ARGV: lease, max_attempts, retry_at_ms
@@ -194,6 +263,22 @@ local day = redis.call('HMGET', KEYS[2], 'uploads', 'bytes')
 return {open, tonumber(day[1] or '0'), tonumber(day[2] or '0')}
 "#;
 
+/// The budget from a script's `remaining, reset_us, retry_us`.
+fn budget_of(limit: &RateLimit, values: &[redis::Value]) -> Result<RateLimitHeaders, StoreError> {
+    let number = |i: usize| -> Result<i64, StoreError> {
+        values
+            .get(i)
+            .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+            .ok_or(StoreError::Unavailable)
+    };
+    Ok(RateLimitHeaders::from_micros(
+        limit,
+        number(0)?,
+        number(1)?,
+        number(2)?,
+    ))
+}
+
 fn settled(answer: &str) -> Settled {
     if answer == "OK" {
         Settled::Done
@@ -221,8 +306,9 @@ impl RedisStore {
             timeout: settings.operation_timeout,
             limits,
             scripts: Scripts {
+                admit: admit_script(),
                 record: Script::new(RECORD),
-                claim: Script::new(CLAIM),
+                claim: claim_script(),
                 release: Script::new(RELEASE),
                 consume: Script::new(CONSUME),
                 usage: Script::new(USAGE),
@@ -340,6 +426,46 @@ impl UploadStore for RedisStore {
         })
     }
 
+    async fn admit(
+        &self,
+        user: &str,
+        now: OffsetDateTime,
+        rules: &PresignRules,
+    ) -> Result<Admission, StoreError> {
+        let mut connection = self.connection.clone();
+        let limit = |max: Option<u64>| max.map(|m| m.to_string()).unwrap_or_default();
+        let mut invocation = self.scripts.admit.prepare_invoke();
+        invocation
+            .key(self.user_key(user, "open"))
+            .key(self.user_key(user, &format!("day:{}", day_of(now))))
+            .key(self.user_key(user, "rate"))
+            .arg(unix_ms(now))
+            .arg(rules.max_outstanding)
+            .arg(limit(rules.max_uploads_per_day))
+            .arg(limit(rules.max_bytes_per_day))
+            .arg(rules.rate.emission_interval_us())
+            .arg(rules.rate.burst.max(1));
+        let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
+        let verdict: Option<String> = answer
+            .first()
+            .and_then(|v| redis::from_redis_value(v.clone()).ok());
+        Ok(match verdict.as_deref() {
+            Some("OK") => Admission::Admitted(budget_of(&rules.rate, &answer[1..])?),
+            Some("RATE_LIMITED") => Admission::RateLimited(budget_of(&rules.rate, &answer[1..])?),
+            Some("QUOTA") => {
+                let kind: Option<String> = answer
+                    .get(1)
+                    .and_then(|v| redis::from_redis_value(v.clone()).ok());
+                Admission::QuotaReached(match kind.as_deref() {
+                    Some("outstanding") => QuotaKind::Outstanding,
+                    Some("uploads") => QuotaKind::UploadsPerDay,
+                    _ => QuotaKind::BytesPerDay,
+                })
+            }
+            _ => return Err(StoreError::Unavailable),
+        })
+    }
+
     async fn record(
         &self,
         upload: IssuedUpload,
@@ -381,7 +507,7 @@ impl UploadStore for RedisStore {
         key: &str,
         now: OffsetDateTime,
         rules: &ClaimRules,
-    ) -> Result<ClaimOutcome, StoreError> {
+    ) -> Result<Claim, StoreError> {
         let mut connection = self.connection.clone();
         let lease = Lease(Uuid::new_v4());
         let limit = |max: Option<u64>| max.map(|m| m.to_string()).unwrap_or_default();
@@ -389,13 +515,22 @@ impl UploadStore for RedisStore {
         invocation
             .key(self.user_key(user, &format!("up:{id}")))
             .key(self.user_key(user, &format!("day:{}", day_of(now))))
+            .key(self.user_key(user, "confirm-rate"))
             .arg(unix_ms(now))
             .arg(user)
             .arg(key)
             .arg(lease.0.to_string())
             .arg(limit(rules.max_uploads_per_day))
-            .arg(limit(rules.max_bytes_per_day));
+            .arg(limit(rules.max_bytes_per_day))
+            .arg(rules.rate.emission_interval_us())
+            .arg(rules.rate.burst.max(1));
         let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
+        // The budget closes every answer.
+        let Some(fields) = answer.len().checked_sub(3) else {
+            return Err(StoreError::Unavailable);
+        };
+        let budget = budget_of(&rules.rate, &answer[fields..])?;
+        let answer = &answer[..fields];
         let text = |i: usize| -> Option<String> {
             answer
                 .get(i)
@@ -407,6 +542,7 @@ impl UploadStore for RedisStore {
                 .ok_or(StoreError::Unavailable)
         };
         let outcome = match text(0).as_deref() {
+            Some("RATE_LIMITED") => ClaimOutcome::RateLimited,
             Some("NOT_FOUND") => ClaimOutcome::NotFound,
             Some("KEY_MISMATCH") => ClaimOutcome::KeyMismatch,
             Some("EXPIRED") => ClaimOutcome::Expired,
@@ -415,11 +551,11 @@ impl UploadStore for RedisStore {
                 until: from_unix_ms(number(1)?),
             },
             Some("QUOTA") => ClaimOutcome::DailyQuotaReached(match text(1).as_deref() {
-                Some("bytes") => DailyQuota::Bytes,
-                _ => DailyQuota::Uploads,
+                Some("bytes") => QuotaKind::BytesPerDay,
+                _ => QuotaKind::UploadsPerDay,
             }),
             Some("CONFIRMED") => ClaimOutcome::AlreadyConfirmed(match (text(1), text(2)) {
-                (Some(status), Some(content_type)) => Some(StoredResponse {
+                (Some(status), Some(content_type)) if !status.is_empty() => Some(StoredResponse {
                     status: status.parse().unwrap_or(200),
                     content_type: (!content_type.is_empty()).then_some(content_type),
                     body: answer
@@ -446,7 +582,7 @@ impl UploadStore for RedisStore {
             }
             _ => return Err(StoreError::Unavailable),
         };
-        Ok(outcome)
+        Ok(Claim { outcome, budget })
     }
 
     async fn release(

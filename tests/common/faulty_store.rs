@@ -7,8 +7,8 @@ use std::{
 };
 
 use kizen_gateway::store::{
-    ClaimOutcome, ClaimRules, IssuedUpload, Lease, MemoryStore, Settled, StoreError, StoreLimits,
-    StoredResponse, UploadStore, Usage,
+    Admission, Claim, ClaimRules, IssuedUpload, Lease, MemoryStore, PresignRules, Settled,
+    StoreError, StoreLimits, StoredResponse, UploadStore, Usage,
 };
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -77,6 +77,16 @@ impl UploadStore for FaultyStore {
         self.inner.usage(user, now).await
     }
 
+    async fn admit(
+        &self,
+        user: &str,
+        now: OffsetDateTime,
+        rules: &PresignRules,
+    ) -> Result<Admission, StoreError> {
+        self.up()?;
+        self.inner.admit(user, now, rules).await
+    }
+
     async fn record(
         &self,
         upload: IssuedUpload,
@@ -94,7 +104,7 @@ impl UploadStore for FaultyStore {
         key: &str,
         now: OffsetDateTime,
         rules: &ClaimRules,
-    ) -> Result<ClaimOutcome, StoreError> {
+    ) -> Result<Claim, StoreError> {
         self.up()?;
         self.inner.claim(user, id, key, now, rules).await
     }

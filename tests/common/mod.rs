@@ -12,7 +12,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kizen_gateway::{
     App, Config,
     clock::ManualClock,
-    rate_limit::{MemoryLimiter, RateLimit},
     standin::{RecordedRequest, Standin, StandinConfig},
     store::UploadStore,
 };
@@ -190,13 +189,7 @@ allow_any_audience = true
         let config = Config::from_toml_layers(&layers).expect("test config is valid");
         let clock = Arc::new(self.clock.clone());
         let app = match self.store {
-            Some(store) => {
-                let rate = RateLimit {
-                    burst: config.presign.rate_limit_burst,
-                    period: config.presign.rate_limit_period,
-                };
-                App::with_parts(config, store, Arc::new(MemoryLimiter::new(rate)), clock)
-            }
+            Some(store) => App::with_parts(config, store, clock),
             None => App::from_config_with_clock(config, clock).await,
         }
         .expect("app builds");
@@ -567,3 +560,29 @@ pub async fn accepted(gw: &TestGateway, token: &str) {
         "one presign forwarded"
     );
 }
+
+/// One sample of the admin listener's `/metrics` (the gateway needs `with_admin`), e.g.
+/// `kizen_gateway_token_cache_hits_total`; 0 when absent.
+pub async fn metric(gw: &TestGateway, series: &str) -> f64 {
+    let admin = gw.admin_url.as_ref().expect("a gateway started with_admin");
+    let text = gw
+        .client
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub const TOKEN_CACHE_HITS: &str = "kizen_gateway_token_cache_hits_total";
+pub const TOKEN_CACHE_MISSES: &str = "kizen_gateway_token_cache_misses_total";

@@ -133,6 +133,22 @@ impl RedisServer {
         assert!(status.success(), "kill -{signal} {}", self.pid);
     }
 
+    /// Scripts the server has been asked to run so far (EVAL and EVALSHA): what the gateway
+    /// sends on its request path, one per round trip (commands a script runs count apart).
+    pub fn script_calls(&self) -> u64 {
+        let stats = redis_cli(self.port, &["INFO", "commandstats"]).expect("INFO answers");
+        stats
+            .lines()
+            .filter(|line| {
+                line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:")
+            })
+            .filter_map(|line| {
+                let calls = line.split("calls=").nth(1)?.split(',').next()?;
+                calls.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
     /// Starts it again on the same port (its data is gone unless it was started persistent).
     pub fn restart(&mut self) {
         self.stop();
