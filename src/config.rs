@@ -106,6 +106,15 @@ pub struct AuthConfig {
     #[serde(default)]
     pub keys: Vec<StaticKeyConfig>,
     pub jwks: JwksConfig,
+    pub token_cache: TokenCacheConfig,
+}
+
+/// The verified-token cache (see [`crate::auth::cache`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    pub enabled: bool,
+    pub max_entries: usize,
 }
 
 impl AuthConfig {
@@ -412,6 +421,7 @@ impl Config {
             .map_err(|why| invalid("auth.jwks.rsa_algorithm", why))?;
         nonzero("auth.jwks.fetch_timeout", a.jwks.fetch_timeout)?;
         nonzero("auth.jwks.refresh_interval", a.jwks.refresh_interval)?;
+        positive("auth.token_cache.max_entries", a.token_cache.max_entries)?;
 
         let u = &self.upstream;
         check_http_url("upstream.base_url", &u.base_url)?;

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub jwks_refreshes: Family<ResultLabels, Counter>,
     pub reloads: Family<ReloadLabels, Counter>,
     pub settles: Family<ResultLabels, Counter>,
+    pub token_cache_hits: Counter,
+    pub token_cache_misses: Counter,
+    pub token_cache_evictions: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,6 +95,9 @@ impl Metrics {
             jwks_refreshes: Family::default(),
             reloads: Family::default(),
             settles: Family::default(),
+            token_cache_hits: Counter::default(),
+            token_cache_misses: Counter::default(),
+            token_cache_evictions: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -170,6 +176,21 @@ impl Metrics {
             "confirmation_settles",
             "Outcomes of forwarded confirmations recorded in the store, by result: settled, retried (a background retry after a store failure), stale (the claim was not held; an error), abandoned (retries ran out; the upload stays unconfirmable)",
             metrics.settles.clone(),
+        );
+        registry.register(
+            "token_cache_hits",
+            "Bearer tokens accepted from the verified-token cache, without signature work",
+            metrics.token_cache_hits.clone(),
+        );
+        registry.register(
+            "token_cache_misses",
+            "Bearer tokens looked up in the verified-token cache and verified in full",
+            metrics.token_cache_misses.clone(),
+        );
+        registry.register(
+            "token_cache_evictions",
+            "Unexpired tokens dropped from the full verified-token cache to make room",
+            metrics.token_cache_evictions.clone(),
         );
         Self {
             registry,

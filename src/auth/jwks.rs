@@ -5,6 +5,10 @@
 //! starts it or joins the one in flight, and waits for its end without holding any lock, at most
 //! for the fetch timeout. Within the cooldown nothing is fetched and the request is answered at
 //! once with the cached set.
+//!
+//! A fetch that changes the key set (compared key by key, as the document described the usable
+//! keys) flushes the verified-token cache once the new set is in place; one that brings the same
+//! keys leaves it alone.
 
 use std::{
     sync::{Arc, Mutex, PoisonError, RwLock},
@@ -15,7 +19,10 @@ use jsonwebtoken::{Algorithm, jwk::Jwk};
 use serde::Deserialize;
 use tokio::{sync::watch, time::Instant};
 
-use super::keys::{ClaimRules, KeySet, VerificationKey, key_from_jwk};
+use super::{
+    cache::TokenCache,
+    keys::{ClaimRules, KeySet, VerificationKey, key_from_jwk},
+};
 use crate::config::JwksConfig;
 
 /// Largest JWKS document accepted.
@@ -30,6 +37,10 @@ pub struct JwksCache {
     /// Bound of one fetch (the HTTP client's whole-request timeout) and of a wait for a refetch.
     fetch_timeout: Duration,
     keys: RwLock<Arc<KeySet>>,
+    /// The usable keys of the last fetched set, as JSON: a fetch flushes the token cache when
+    /// they differ. Locked only to compare and replace them with the set.
+    fingerprint: Mutex<Option<String>>,
+    token_cache: Option<Arc<TokenCache>>,
     /// The unknown-`kid` refetch. Locked only to read or update it, never across a fetch.
     refetch: Mutex<Refetch>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -68,6 +79,7 @@ impl JwksCache {
         url: &str,
         rules: ClaimRules,
         metrics: Arc<crate::metrics::Metrics>,
+        token_cache: Option<Arc<TokenCache>>,
     ) -> Result<Self, String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("auth.jwks.url: {e}"))?;
         // Built before the upstream client: the provider must be installed here too.
@@ -86,6 +98,8 @@ impl JwksCache {
             refetch_cooldown: config.refetch_cooldown,
             fetch_timeout: config.fetch_timeout,
             keys: RwLock::new(Arc::new(KeySet::default())),
+            fingerprint: Mutex::new(None),
+            token_cache,
             refetch: Mutex::new(Refetch::default()),
             metrics,
         })
@@ -105,10 +119,23 @@ impl JwksCache {
     /// Fetches the set and replaces the cached one. On failure the cached set stays.
     pub async fn refresh(&self) -> Result<usize, String> {
         match self.fetch().await {
-            Ok(set) => {
+            Ok((set, fingerprint)) => {
                 let count = set.len();
-                *self.keys.write().expect("jwks lock poisoned") = Arc::new(set);
-                tracing::info!(keys = count, "jwks fetched");
+                let changed = {
+                    let mut last = self
+                        .fingerprint
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    *self.keys.write().expect("jwks lock poisoned") = Arc::new(set);
+                    let changed = last.as_deref() != Some(fingerprint.as_str());
+                    *last = Some(fingerprint);
+                    changed
+                };
+                // After the new set is in place: see `TokenCache::flush`.
+                if changed && let Some(cache) = &self.token_cache {
+                    cache.flush();
+                }
+                tracing::info!(keys = count, changed, "jwks fetched");
                 self.count_refresh("success");
                 Ok(count)
             }
@@ -168,7 +195,8 @@ impl JwksCache {
         self.keys()
     }
 
-    async fn fetch(&self) -> Result<KeySet, String> {
+    /// The usable keys of the document, and their JWKs as JSON (in document order).
+    async fn fetch(&self) -> Result<(KeySet, String), String> {
         let mut response = self
             .client
             .get(self.url.clone())
@@ -201,24 +229,30 @@ impl JwksCache {
         let document: JwksDocument =
             serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut keys: Vec<VerificationKey> = Vec::with_capacity(document.keys.len());
+        let mut usable: Vec<serde_json::Value> = Vec::with_capacity(document.keys.len());
         for raw in document.keys {
             let kid = raw
                 .get("kid")
                 .and_then(|k| k.as_str())
                 .unwrap_or("")
                 .to_owned();
-            let parsed = serde_json::from_value::<Jwk>(raw)
+            let parsed = serde_json::from_value::<Jwk>(raw.clone())
                 .map_err(|e| e.to_string())
                 .and_then(|jwk| key_from_jwk(&jwk, self.rsa_default, &self.rules));
             match parsed {
-                Ok(key) => keys.push(key),
+                Ok(key) => {
+                    keys.push(key);
+                    usable.push(raw);
+                }
                 Err(why) => tracing::warn!(kid = ?kid, reason = %why, "jwks key skipped"),
             }
         }
         if keys.is_empty() {
             return Err("no usable signature key in the document".into());
         }
-        Ok(KeySet::new(keys))
+        // Objects serialize with sorted members: the same keys give the same text.
+        let fingerprint = serde_json::Value::Array(usable).to_string();
+        Ok((KeySet::new(keys), fingerprint))
     }
 
     /// Refreshes every `interval` until the returned task is aborted.

@@ -2,10 +2,16 @@
 //! is pinned by configuration, never by the token. [`AuthenticatedUser`] is the extractor.
 //!
 //! Order of work for one token, cheapest first, so that floods of junk cost little:
-//! size cap, shape (three base64url segments), header (known `alg`, no `crit`), a key that serves
-//! this `alg`/`kid`, `exp` read without verification, then one signature check per candidate key,
-//! then the claims.
+//! size cap, shape (three base64url segments), the verified-token cache ([`cache`]: a token that
+//! verified before is accepted again while its time claims hold), header (known `alg`, no `crit`),
+//! a key that serves this `alg`/`kid`, `exp` read without verification, then one signature check
+//! per candidate key, then the claims.
+//!
+//! Every time check of ours (the `exp` pre-check, `iat`, the cache's rechecks) reads the
+//! verifier's clock, the system clock; jsonwebtoken checks `exp` and `nbf` against the system
+//! clock too.
 
+pub mod cache;
 pub mod jwks;
 pub mod keys;
 
@@ -17,10 +23,12 @@ use serde_json::{Map, Value};
 
 use crate::{
     app::AppState,
+    clock::{Clock, SystemClock},
     config::AuthConfig,
     error::GatewayError,
-    observability::{RequestUser, seconds_since_epoch},
+    observability::RequestUser,
 };
+use cache::{Lookup, TokenCache, TokenTimes};
 use jwks::JwksCache;
 use keys::{ClaimRules, KeySet, VerificationKey};
 
@@ -118,6 +126,12 @@ pub struct Verifier {
     max_token_bytes: usize,
     /// Several issuers: the identity is issuer and subject.
     multiple_issuers: bool,
+    /// `None` when `auth.token_cache.enabled = false`.
+    token_cache: Option<Arc<TokenCache>>,
+    /// The time tokens are checked against. Always the system clock outside unit tests: tokens
+    /// carry real time, and jsonwebtoken reads the system clock for `exp` and `nbf` (the app's
+    /// own clock is for upload windows, and tests move it by hours).
+    clock: Arc<dyn Clock>,
 }
 
 impl Verifier {
@@ -130,12 +144,20 @@ impl Verifier {
     ) -> Result<Self, String> {
         let rules = ClaimRules::from_config(auth);
         let static_keys = std::sync::RwLock::new(Arc::new(keys::load_static_keys(auth, &rules)?));
+        let token_cache = auth.token_cache.enabled.then(|| {
+            Arc::new(TokenCache::new(
+                auth.token_cache.max_entries,
+                auth.leeway.as_secs(),
+                metrics.clone(),
+            ))
+        });
         let jwks = match &auth.jwks.url {
             Some(url) => Some(Arc::new(JwksCache::new(
                 &auth.jwks,
                 url,
                 rules.for_issuer(auth.jwks.issuer.as_deref()),
                 metrics,
+                token_cache.clone(),
             )?)),
             None => None,
         };
@@ -157,7 +179,19 @@ impl Verifier {
             leeway_secs: auth.leeway.as_secs(),
             max_token_bytes: auth.max_token_bytes,
             multiple_issuers: auth.multiple_issuers(),
+            token_cache,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Seconds since the epoch, as every time check of ours reads them.
+    fn now(&self) -> u64 {
+        u64::try_from(self.clock.now().unix_timestamp()).unwrap_or(0)
+    }
+
+    /// The verified-token cache, when enabled.
+    pub fn token_cache(&self) -> Option<&Arc<TokenCache>> {
+        self.token_cache.as_ref()
     }
 
     /// First JWKS fetch and the background refresh. A failed first fetch is logged and retried by
@@ -187,9 +221,13 @@ impl Verifier {
         keys::load_static_keys(auth, &self.rules)
     }
 
-    /// Puts a new static key set in force for every token verified from now on.
+    /// Puts a new static key set in force for every token verified from now on, cached ones
+    /// included: the verified-token cache is flushed once the new set is in place.
     pub fn replace_static_keys(&self, keys: KeySet) {
         *self.static_keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        if let Some(cache) = &self.token_cache {
+            cache.flush();
+        }
     }
 
     /// Whether any key can verify a token now (readiness).
@@ -206,6 +244,14 @@ impl Verifier {
             return Err(AuthFailure::Malformed);
         }
         check_shape(token)?;
+        // Before the keys are read: a flush after this lookup turns this verification's fill away.
+        let ticket = match &self.token_cache {
+            Some(cache) => match cache.lookup(token, self.now()) {
+                Lookup::Hit(user) => return Ok(user),
+                Lookup::Miss(ticket) => Some(ticket),
+            },
+            None => None,
+        };
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             // An `alg` outside the supported list, `none` in any spelling included.
             ErrorKind::Json(_) => AuthFailure::Unsupported,
@@ -231,7 +277,15 @@ impl Verifier {
         let mut failure = AuthFailure::BadSignature;
         for key in candidates {
             match verify_with(token, &key) {
-                Ok(claims) => return self.user_from_claims(&claims, &key),
+                Ok(claims) => {
+                    let user = self.user_from_claims(&claims, &key)?;
+                    if let (Some(cache), Some(ticket), Some(times)) =
+                        (&self.token_cache, ticket, TokenTimes::from_claims(&claims))
+                    {
+                        cache.fill(ticket, token, &user, times, self.now());
+                    }
+                    return Ok(user);
+                }
                 Err(AuthFailure::BadSignature) => continue,
                 Err(other) => {
                     failure = other;
@@ -270,7 +324,7 @@ impl Verifier {
             .map_err(|_| AuthFailure::Malformed)?;
         match claims.exp.as_ref().and_then(Value::as_f64) {
             None => Err(AuthFailure::MissingClaim),
-            Some(exp) if exp + (self.leeway_secs as f64) < seconds_since_epoch() as f64 => {
+            Some(exp) if cache::exp_passed(exp, self.now(), self.leeway_secs) => {
                 Err(AuthFailure::Expired)
             }
             Some(_) => Ok(()),
@@ -292,7 +346,7 @@ impl Verifier {
         };
         if let Some(iat) = claims.get("iat") {
             let iat = iat.as_f64().ok_or(AuthFailure::Malformed)?;
-            if iat > (seconds_since_epoch() + self.leeway_secs) as f64 {
+            if cache::iat_in_future(iat, self.now(), self.leeway_secs) {
                 return Err(AuthFailure::NotYetValid);
             }
         }
@@ -393,5 +447,177 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
             slot.set(&user.id);
         }
         Ok(user)
+    }
+}
+
+#[cfg(test)]
+impl Verifier {
+    /// The same verifier reading `clock` for its time checks (jsonwebtoken still reads the system
+    /// clock for `exp` and `nbf`).
+    fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{clock::ManualClock, config::Config, metrics::Metrics};
+
+    const SECRET: &str = "unit-test-hs256-secret-0123456789abcdef";
+
+    fn fixture(name: &str) -> String {
+        format!("{}/tests/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn auth_config(extra: &str) -> AuthConfig {
+        Config::from_toml(&format!(
+            "[auth]\nallow_any_audience = true\n{extra}\n\
+             [[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"value:{SECRET}\"\n\
+             [[auth.keys]]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\n",
+            fixture("rsa-public.pem")
+        ))
+        .expect("valid test config")
+        .auth
+    }
+
+    fn verifier(extra: &str) -> (Verifier, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let verifier = Verifier::new(&auth_config(extra), None, None, metrics.clone()).unwrap();
+        (verifier, metrics)
+    }
+
+    fn now() -> u64 {
+        crate::observability::seconds_since_epoch()
+    }
+
+    fn hs256(claims: &Value) -> String {
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).unwrap()
+    }
+
+    fn rs256(claims: &Value) -> String {
+        let pem = std::fs::read(fixture("rsa-private.pem")).unwrap();
+        let key = EncodingKey::from_rsa_pem(&pem).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &key).unwrap()
+    }
+
+    fn cached(verifier: &Verifier) -> usize {
+        verifier.token_cache().map_or(0, |cache| cache.len())
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_cached_and_a_refused_one_is_not() {
+        let (verifier, metrics) = verifier("");
+        let token = rs256(&json!({ "sub": "alice", "iat": now(), "exp": now() + 3600 }));
+        for _ in 0..3 {
+            assert_eq!(verifier.verify(&token).await.unwrap().id, "alice");
+        }
+        assert_eq!(metrics.token_cache_misses.get(), 1);
+        assert_eq!(metrics.token_cache_hits.get(), 2);
+
+        let (header, rest) = token.split_once('.').unwrap();
+        let (_, signature) = rest.split_once('.').unwrap();
+        let forged = format!(
+            "{header}.{}.{signature}",
+            URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory","exp":9999999999}"#)
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                verifier.verify(&forged).await.unwrap_err(),
+                AuthFailure::BadSignature
+            );
+        }
+        let expired = hs256(&json!({ "sub": "bob", "exp": now() - 3600 }));
+        for _ in 0..2 {
+            assert_eq!(
+                verifier.verify(&expired).await.unwrap_err(),
+                AuthFailure::Expired
+            );
+        }
+        assert_eq!(metrics.token_cache_hits.get(), 2, "no refusal is a hit");
+        assert_eq!(cached(&verifier), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_is_refused_once_it_expires() {
+        let clock = ManualClock::default();
+        let (verifier, metrics) = verifier("");
+        let verifier = verifier.with_clock(Arc::new(clock.clone()));
+        let token = hs256(&json!({ "sub": "alice", "iat": now(), "exp": now() + 60 }));
+        verifier.verify(&token).await.unwrap();
+        verifier.verify(&token).await.unwrap();
+        assert_eq!(metrics.token_cache_hits.get(), 1);
+
+        // Within the 30 s leeway after `exp`: still served from the cache.
+        clock.advance(Duration::from_secs(60 + 20));
+        verifier.verify(&token).await.unwrap();
+        assert_eq!(metrics.token_cache_hits.get(), 2);
+
+        clock.advance(Duration::from_secs(15));
+        assert_eq!(
+            verifier.verify(&token).await.unwrap_err(),
+            AuthFailure::Expired
+        );
+        assert_eq!(metrics.token_cache_hits.get(), 2, "not a hit");
+        assert_eq!(cached(&verifier), 0, "the expired entry is gone");
+    }
+
+    #[tokio::test]
+    async fn replaced_static_keys_flush_the_cache() {
+        let (verifier, metrics) = verifier("");
+        let token = rs256(&json!({ "sub": "alice", "exp": now() + 3600 }));
+        verifier.verify(&token).await.unwrap();
+        verifier.verify(&token).await.unwrap();
+        assert_eq!(metrics.token_cache_hits.get(), 1);
+
+        // The RS256 key is rotated out: only the HMAC key is left.
+        let mut auth = auth_config("");
+        auth.keys.retain(|key| key.algorithm == "HS256");
+        verifier.replace_static_keys(verifier.load_static_keys(&auth).unwrap());
+        assert_eq!(cached(&verifier), 0);
+        assert_eq!(
+            verifier.verify(&token).await.unwrap_err(),
+            AuthFailure::UnknownKey
+        );
+        assert_eq!(metrics.token_cache_hits.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn with_the_cache_off_every_token_is_verified() {
+        let (verifier, metrics) = verifier("[auth.token_cache]\nenabled = false\n");
+        assert!(verifier.token_cache().is_none());
+        let token = rs256(&json!({ "sub": "alice", "exp": now() + 3600 }));
+        for _ in 0..3 {
+            verifier.verify(&token).await.unwrap();
+        }
+        assert_eq!(metrics.token_cache_hits.get(), 0);
+        assert_eq!(metrics.token_cache_misses.get(), 0);
+    }
+
+    /// `cargo test --lib -- --ignored --nocapture verify_cost`: CPU per RS256 verification with
+    /// and without the cache, in the profile the tests are built with.
+    #[tokio::test]
+    #[ignore = "a measurement, not a check"]
+    async fn verify_cost_with_and_without_the_cache() {
+        const ROUNDS: u32 = 2000;
+        let token = rs256(&json!({ "sub": "alice", "iat": now(), "exp": now() + 3600 }));
+        for (label, extra) in [("off", "[auth.token_cache]\nenabled = false\n"), ("on", "")] {
+            let (verifier, _) = verifier(extra);
+            verifier.verify(&token).await.unwrap();
+            let started = Instant::now();
+            for _ in 0..ROUNDS {
+                verifier.verify(&token).await.unwrap();
+            }
+            let per_call = started.elapsed() / ROUNDS;
+            eprintln!("RS256 verify, token cache {label}: {per_call:?} per call");
+        }
     }
 }
