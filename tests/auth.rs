@@ -881,3 +881,101 @@ async fn two_issuers_have_separate_rate_limits_for_one_subject() {
     let response = gw.presign(&signed_by_a(&claims_at(IDP_A, "alice"))).await;
     assert_eq!(response.status(), 429, "Alice at A spent her budget");
 }
+
+// The verified-token cache: a token that verified is served from memory on its next requests,
+// never a refusal, never a token that differs in a byte. (Expiry, `nbf` and the bound while
+// cached are unit tests in src/auth, where the verifier's clock can be moved.)
+
+async fn cache_counts(gw: &TestGateway) -> (f64, f64) {
+    (
+        metric(gw, TOKEN_CACHE_HITS).await,
+        metric(gw, TOKEN_CACHE_MISSES).await,
+    )
+}
+
+#[tokio::test]
+async fn a_verified_token_is_served_from_the_cache_and_counted() {
+    let gw = TestGateway::builder().with_admin().start().await;
+    assert_eq!(cache_counts(&gw).await, (0.0, 0.0));
+    let token = rs256(&claims("alice"));
+    for _ in 0..3 {
+        accepted(&gw, &token).await;
+    }
+    assert_eq!(cache_counts(&gw).await, (2.0, 1.0), "one miss, then hits");
+
+    // Refusals are never cached: each of these is verified (and refused) every time.
+    let expired = rs256(&json!({ "sub": "alice", "exp": now() - 120 }));
+    let not_yet = rs256(&json!({ "sub": "alice", "nbf": now() + 120, "exp": now() + 3600 }));
+    let forged = with_payload(&token, &claims("mallory"));
+    for _ in 0..2 {
+        rejected(&gw, &expired, "token_expired").await;
+        rejected(&gw, &not_yet, "token_not_yet_valid").await;
+        rejected(&gw, &forged, "token_bad_signature").await;
+    }
+    assert_eq!(cache_counts(&gw).await, (2.0, 7.0));
+    accepted(&gw, &token).await;
+    assert_eq!(cache_counts(&gw).await, (3.0, 7.0));
+}
+
+#[tokio::test]
+async fn with_the_token_cache_off_nothing_is_cached() {
+    let gw = TestGateway::builder()
+        .with_admin()
+        .with_config("[auth.token_cache]\nenabled = false\n")
+        .start()
+        .await;
+    let token = rs256(&claims("alice"));
+    for _ in 0..3 {
+        accepted(&gw, &token).await;
+    }
+    rejected(
+        &gw,
+        &with_payload(&token, &claims("mallory")),
+        "token_bad_signature",
+    )
+    .await;
+    assert_eq!(cache_counts(&gw).await, (0.0, 0.0));
+}
+
+#[tokio::test]
+async fn a_token_that_differs_in_one_byte_is_not_a_cache_hit() {
+    let gw = TestGateway::builder().with_admin().start().await;
+    let token = rs256(&claims("alice"));
+    accepted(&gw, &token).await;
+    accepted(&gw, &token).await;
+    assert_eq!(cache_counts(&gw).await, (1.0, 1.0));
+
+    // The 256-byte signature ends in a character with 4 unused bits: another character with other
+    // unused bits spells the same signature bytes. Not the cached token.
+    let last = token.chars().last().unwrap();
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let position = alphabet.iter().position(|&c| c == last as u8).unwrap();
+    let respelled = format!(
+        "{}{}",
+        &token[..token.len() - 1],
+        alphabet[position ^ 1] as char
+    );
+    assert_ne!(respelled, token);
+    rejected_any(&gw, &respelled, &["token_malformed", "token_bad_signature"]).await;
+    // The same claims, encoded otherwise (members in another order), under the same signature.
+    let (_, rest) = token.split_once('.').unwrap();
+    let (payload, _) = rest.split_once('.').unwrap();
+    let decoded: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    let reordered = format!(
+        "{{\"sub\":{},\"exp\":{},\"iat\":{}}}",
+        decoded["sub"], decoded["exp"], decoded["iat"]
+    );
+    let reencoded = token.replace(payload, &URL_SAFE_NO_PAD.encode(reordered));
+    assert_ne!(reencoded, token);
+    rejected(&gw, &reencoded, "token_bad_signature").await;
+    // Padding is not base64url as JWS spells it: refused before the cache is asked.
+    rejected(&gw, &format!("{token}="), "token_malformed").await;
+    assert_eq!(
+        cache_counts(&gw).await,
+        (1.0, 3.0),
+        "no hit for a near miss"
+    );
+
+    accepted(&gw, &token).await;
+    assert_eq!(cache_counts(&gw).await, (2.0, 3.0));
+}

@@ -681,3 +681,59 @@ async fn a_chunked_jwks_answer_over_the_size_limit_is_dropped_without_reading_it
     accepted(&gw, &rsa_token("rsa-1")).await;
     assert_eq!(jwks.fetches(), 2);
 }
+
+/// A JWKS-only gateway with the admin listener (for the cache metrics), after its first fetch.
+async fn gateway_with_admin(jwks: &JwksServer, refetch_cooldown: &str) -> TestGateway {
+    let gw = TestGateway::builder()
+        .without_static_keys()
+        .with_admin()
+        .with_config(&format!(
+            "[auth.jwks]\nurl = \"{}\"\nrefetch_cooldown = \"{refetch_cooldown}\"\n\
+             refresh_interval = \"1h\"\n",
+            jwks.url
+        ))
+        .start()
+        .await;
+    jwks.wait_for_fetches(1).await;
+    gw
+}
+
+#[tokio::test]
+async fn a_cached_token_of_a_key_dropped_from_the_jwks_is_refused() {
+    let jwks = JwksServer::start(vec![rsa_jwk("rsa-1")]).await;
+    let gw = gateway_with_admin(&jwks, "1h").await;
+    let old = rsa_token("rsa-1");
+    accepted(&gw, &old).await;
+    accepted(&gw, &old).await;
+    assert_eq!(
+        metric(&gw, TOKEN_CACHE_HITS).await,
+        1.0,
+        "the token is cached"
+    );
+
+    // The identity provider drops rsa-1; a token naming its new key makes the gateway refetch.
+    jwks.serve_keys(vec![rsa2_jwk("rsa-2")]);
+    accepted(&gw, &rsa2_token("rsa-2")).await;
+    assert_eq!(jwks.fetches(), 2);
+
+    rejected(&gw, &old, "token_unknown_key").await;
+    rejected(&gw, &old, "token_unknown_key").await;
+    assert_eq!(
+        metric(&gw, TOKEN_CACHE_HITS).await,
+        1.0,
+        "the dropped key's token is never served from the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_fetch_with_the_same_keys_keeps_the_cache() {
+    let jwks = JwksServer::start(vec![rsa_jwk("rsa-1")]).await;
+    // No cooldown: every unknown kid refetches.
+    let gw = gateway_with_admin(&jwks, "0s").await;
+    let token = rsa_token("rsa-1");
+    accepted(&gw, &token).await;
+    rejected(&gw, &rsa_token("rsa-unknown"), "token_unknown_key").await;
+    assert_eq!(jwks.fetches(), 2, "a refetch, of the same keys");
+    accepted(&gw, &token).await;
+    assert_eq!(metric(&gw, TOKEN_CACHE_HITS).await, 1.0, "still cached");
+}

@@ -200,3 +200,53 @@ async fn a_rotated_api_key_file_is_used_for_the_next_upstream_call() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_cached_token_of_a_rotated_out_key_is_refused() {
+    let dir = temp_dir();
+    let key_file = dir.join("jwt-public.pem");
+    std::fs::copy(fixture("rsa-public.pem"), &key_file).unwrap();
+    let gw = TestGateway::builder()
+        .without_static_keys()
+        .with_admin()
+        .with_config(&format!(
+            "[reload]\ninterval = \"50ms\"\n[[auth.keys]]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\n",
+            key_file.display()
+        ))
+        .start()
+        .await;
+    let old = sign(
+        Algorithm::RS256,
+        &private_key(Algorithm::RS256, "rsa-private.pem"),
+        None,
+        &claims("alice"),
+    );
+    let new = sign(
+        Algorithm::RS256,
+        &private_key(Algorithm::RS256, "rsa2-private.pem"),
+        None,
+        &claims("bob"),
+    );
+    accepted(&gw, &old).await;
+    accepted(&gw, &old).await;
+    assert_eq!(
+        metric(&gw, TOKEN_CACHE_HITS).await,
+        1.0,
+        "the old token is cached"
+    );
+
+    replace(
+        &key_file,
+        &std::fs::read(fixture("rsa2-public.pem")).unwrap(),
+    );
+    assert!(eventually(|| async { gw.presign(&new).await.status() == 200 }).await);
+    let hits = metric(&gw, TOKEN_CACHE_HITS).await;
+    rejected(&gw, &old, "token_bad_signature").await;
+    rejected(&gw, &old, "token_bad_signature").await;
+    assert_eq!(
+        metric(&gw, TOKEN_CACHE_HITS).await,
+        hits,
+        "the rotated-out key's token is never served from the cache"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
