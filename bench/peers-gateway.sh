@@ -18,7 +18,9 @@
 # Environment: GATEWAY_LISTEN (when no argument; default 127.0.0.1:18090), GATEWAY_ADMIN_LISTEN
 # (default 127.0.0.1:0, any free port), GATEWAY_BIN (default target/bench/profiling/kizen-gateway:
 # `bench/run.sh build` makes it), GATEWAY_STORE=memory|redis with GATEWAY_REDIS_URL
-# (default redis://127.0.0.1:6379), GATEWAY_LOG (default info).
+# (default redis://127.0.0.1:6379), GATEWAY_LOG (default info), GATEWAY_ALGS (default
+# RS256,HS256: both keys on the one listener, so peers.sh's "hs256_on_rs" check, which wants an
+# HS256 token refused on the RS256 address, fails by design; GATEWAY_ALGS=RS256 passes it).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,6 +28,7 @@ LISTEN=${1:-${GATEWAY_LISTEN:-127.0.0.1:18090}}
 ADMIN=${GATEWAY_ADMIN_LISTEN:-127.0.0.1:0}
 BIN=${GATEWAY_BIN:-$ROOT/target/bench/profiling/kizen-gateway}
 STORE=${GATEWAY_STORE:-memory}
+ALGS=${GATEWAY_ALGS:-RS256,HS256}
 
 die() {
   echo "peers-gateway.sh: $*" >&2
@@ -36,6 +39,11 @@ for v in BENCH_JWT_PUBLIC_KEY_FILE BENCH_JWT_HS256_SECRET BENCH_UPSTREAM BENCH_A
   [[ -n ${!v:-} ]] || die "$v is not set (peers.sh exports it from \$BENCH_DIR/gateway.env)"
 done
 [[ $STORE == memory || $STORE == redis ]] || die "GATEWAY_STORE must be memory or redis"
+
+KEYS=
+[[ ,$ALGS, == *,RS256,* ]] && KEYS+=$'[[auth.keys]]\nalgorithm = "RS256"\npublic_key_file = "'"$BENCH_JWT_PUBLIC_KEY_FILE"$'"\n\n'
+[[ ,$ALGS, == *,HS256,* ]] && KEYS+=$'[[auth.keys]]\nalgorithm = "HS256"\nsecret = "env:BENCH_JWT_HS256_SECRET"\n'
+[[ -n $KEYS ]] || die "GATEWAY_ALGS must name RS256, HS256 or both"
 
 DIR=${BENCH_DIR:-$(mktemp -d /tmp/peers-gateway.XXXXXX)}
 CONFIG=$DIR/kizen-gateway.toml
@@ -50,14 +58,7 @@ level = "${GATEWAY_LOG:-info}"
 [auth]
 allow_any_audience = true
 
-[[auth.keys]]
-algorithm = "RS256"
-public_key_file = "$BENCH_JWT_PUBLIC_KEY_FILE"
-
-[[auth.keys]]
-algorithm = "HS256"
-secret = "env:BENCH_JWT_HS256_SECRET"
-
+$KEYS
 [upstream]
 base_url = "$BENCH_UPSTREAM"
 api_key = "env:BENCH_API_KEY"
