@@ -273,8 +273,10 @@ impl TokenCache {
     pub fn flush(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         for shard in self.shards.iter() {
-            let mut entries = shard.write().unwrap_or_else(PoisonError::into_inner);
-            *entries = HashMap::new();
+            let forgotten =
+                std::mem::take(&mut *shard.write().unwrap_or_else(PoisonError::into_inner));
+            // Freed after the lock is let go.
+            drop(forgotten);
         }
     }
 
