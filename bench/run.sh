@@ -5,6 +5,7 @@
 #   bench/run.sh            build, start everything on free loopback ports, load it with wrk,
 #                           print one table and the per-upload figures, stop what it started
 #   bench/run.sh build      only build; prints the gateway binary's path (for peers-gateway.sh)
+#   bench/run.sh lint       cargo fmt --check and clippy -D warnings of the bench/ crate
 #   SMOKE=1 bench/run.sh    1-second runs, few tokens: checks that every scenario works (CI)
 #
 # Knobs (environment):
@@ -79,9 +80,9 @@ install_missing() {
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 }
 
+BENCH_RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C force-frame-pointers=yes"
 build() {
-  export CARGO_TARGET_DIR=$BENCH_TARGET_DIR
-  export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C force-frame-pointers=yes"
+  export CARGO_TARGET_DIR=$BENCH_TARGET_DIR RUSTFLAGS=$BENCH_RUSTFLAGS
   if [[ -z ${GATEWAY_BIN:-} ]]; then
     log "cargo build --locked --profile profiling (gateway; CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
     cargo build --locked --quiet --profile profiling --bin kizen-gateway
@@ -94,12 +95,26 @@ build() {
   unset CARGO_TARGET_DIR RUSTFLAGS
 }
 
-if [[ ${1:-} == build ]]; then
-  build
-  echo "$GATEWAY_BIN"
-  exit 0
-fi
-[[ $# == 0 ]] || die "usage: bench/run.sh [build]"
+# The bench crate's format and lints (CI), with the build's target directory and flags.
+lint() {
+  cargo fmt --check --manifest-path "$HERE/Cargo.toml"
+  CARGO_TARGET_DIR=$BENCH_TARGET_DIR RUSTFLAGS=$BENCH_RUSTFLAGS cargo clippy --locked --quiet \
+    --profile profiling --manifest-path "$HERE/Cargo.toml" --all-targets -- -D warnings
+}
+
+case "$*" in
+  build)
+    build
+    echo "$GATEWAY_BIN"
+    exit 0
+    ;;
+  lint)
+    lint
+    exit 0
+    ;;
+  "") ;;
+  *) die "usage: bench/run.sh [build | lint]" ;;
+esac
 
 IFS=, read -ra SCENARIO_LIST <<<"$SCENARIOS"
 for s in "${SCENARIO_LIST[@]}"; do
