@@ -22,7 +22,8 @@
 #                          binary that deploy/check.sh built)
 #   GATEWAY_LOG=info       the gateway's log level (its access lines go to a file)
 #   BENCH_DIR=dir          where keys, tokens, configs, logs and results go (default: a new
-#                          /tmp/kizen-bench.XXXXXX, kept; the token files are removed at the end)
+#                          /tmp/kizen-bench.XXXXXX, kept; at the end the token files are removed
+#                          and each log is cut to its last 200 lines)
 #   BENCH_TARGET_DIR=target/bench   cargo's target directory for the benchmark build
 #   SMOKE=1                DURATION=1 WARMUP=1, 2000 tokens, 1000 outstanding, 200 lifecycles
 #                          (explicit knobs still win); checks only that every scenario had
@@ -121,8 +122,10 @@ for s in "${SCENARIO_LIST[@]}"; do
   [[ $s =~ ^(floor|(redis-)?(rs256|hs256)-(distinct|reused))$ ]] || die "unknown scenario $s"
 done
 
+STARTED_AT=$SECONDS
 install_missing
 build
+BUILT_AT=$SECONDS
 
 BENCH_DIR=${BENCH_DIR:-$(mktemp -d /tmp/kizen-bench.XXXXXX)}
 mkdir -p "$BENCH_DIR"
@@ -138,6 +141,11 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -f "$BENCH_DIR"/tokens-*.txt
+  # The gateways' access lines run to hundreds of MB: keep the end of each log.
+  local f
+  for f in "$BENCH_DIR"/gateway-*.log; do
+    [[ -f $f ]] && tail -n 200 "$f" >"$f.tail" && mv "$f.tail" "$f"
+  done
 }
 trap cleanup EXIT
 
@@ -333,11 +341,11 @@ scenario() {
     start_gateway "$store" "$name"
     url=$GW_URL
   fi
-  if ((WARMUP > 0)); then wrk_run "$WARMUP" "$url" "$warm" >/dev/null; fi
+  if ((WARMUP > 0)); then wrk_run "$WARMUP" "$url" "$warm" >/dev/null || die "wrk failed in $name"; fi
   local g0 u0 f0 r0 b0 g1 u1 f1 r1 b1 out result
   g0=$(cpu_ticks "${GW_PID:-}") u0=$(cpu_ticks "$UP_PID") f0=$(cpu_ticks "$FLOOR_PID")
   r0=$(cpu_ticks "$REDIS_PID") b0=$(busy_ticks)
-  out=$(wrk_run "$DURATION" "$url" "$measured")
+  out=$(wrk_run "$DURATION" "$url" "$measured") || die "wrk failed in $name: $out"
   g1=$(cpu_ticks "${GW_PID:-}") u1=$(cpu_ticks "$UP_PID") f1=$(cpu_ticks "$FLOOR_PID")
   r1=$(cpu_ticks "$REDIS_PID") b1=$(busy_ticks)
   result=$(grep '^RESULT' <<<"$out") || die "wrk failed in $name: $out"
@@ -494,7 +502,7 @@ echo "other cores = busy CPU of the whole machine minus these processes and wrk,
 echo
 cat "$EXTRA"
 echo
-echo "run folder: $BENCH_DIR"
+echo "run folder: $BENCH_DIR (the end of each log, raw results); $((SECONDS - BUILT_AT)) s, build $((BUILT_AT - STARTED_AT)) s"
 
 if [[ $SMOKE == 1 ]]; then
   awk '{for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
