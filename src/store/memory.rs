@@ -54,8 +54,11 @@ struct Entry {
 #[derive(Debug, Default)]
 struct UserUploads {
     uploads: HashMap<Uuid, Entry>,
-    /// Not yet consumed, by window end: those whose window has not closed are the open ones.
-    unconsumed: BTreeSet<(i64, Uuid)>,
+    /// Not yet consumed, by window end, window open as of the last count (those that closed since
+    /// are moved to `closed` when the user's uploads are next counted).
+    open: BTreeSet<(i64, Uuid)>,
+    /// Not consumed, window closed.
+    closed: BTreeSet<(i64, Uuid)>,
     /// Consumed, by window end.
     consumed: BTreeSet<(i64, Uuid)>,
 }
@@ -174,10 +177,18 @@ impl Inner {
         Ok(headers)
     }
 
-    fn outstanding(&self, user: &str, now_ms: i64) -> usize {
-        self.users
-            .get(user)
-            .map_or(0, |u| u.unconsumed.range((now_ms, Uuid::nil())..).count())
+    /// The user's open uploads: a trim of the front of `open` and a `len`.
+    fn outstanding(&mut self, user: &str, now_ms: i64) -> usize {
+        let Some(uploads) = self.users.get_mut(user) else {
+            return 0;
+        };
+        while let Some(&slot) = uploads.open.first()
+            && slot.0 < now_ms
+        {
+            uploads.open.pop_first();
+            uploads.closed.insert(slot);
+        }
+        uploads.open.len()
     }
 
     /// Forgets one entry, returning it with its owner.
@@ -186,7 +197,8 @@ impl Inner {
         let uploads = self.users.get_mut(user)?;
         let entry = uploads.uploads.remove(&id)?;
         let slot = (entry.window_end_ms, id);
-        uploads.unconsumed.remove(&slot);
+        uploads.open.remove(&slot);
+        uploads.closed.remove(&slot);
         uploads.consumed.remove(&slot);
         if uploads.uploads.is_empty() {
             self.users.remove(user);
@@ -225,8 +237,9 @@ impl Inner {
                 break;
             }
             let closed = uploads
-                .unconsumed
-                .range(..(now_ms, Uuid::nil()))
+                .closed
+                .iter()
+                .chain(uploads.open.range(..(now_ms, Uuid::nil())))
                 .map(|(_, id)| (user, *id));
             let consumed = uploads.consumed.iter().map(|(_, id)| (user, *id));
             match self.first_evictable(closed, consumed) {
@@ -393,7 +406,7 @@ fn add_ms(at_ms: i64, duration: std::time::Duration) -> i64 {
 impl UploadStore for MemoryStore {
     async fn usage(&self, user: &str, now: OffsetDateTime) -> Result<Usage, StoreError> {
         let now_ms = unix_ms(now);
-        let inner = self.lock();
+        let mut inner = self.lock();
         let (uploads_today, bytes_today) = inner.daily.get(user, now_ms.div_euclid(DAY_MS));
         Ok(Usage {
             outstanding: inner.outstanding(user, now_ms),
@@ -467,7 +480,7 @@ impl UploadStore for MemoryStore {
         };
         let window_end_ms = unix_ms(upload.window_end);
         let uploads = inner.users.entry(user.clone()).or_default();
-        uploads.unconsumed.insert((window_end_ms, id));
+        uploads.open.insert((window_end_ms, id));
         uploads.uploads.insert(
             id,
             Entry {
@@ -575,7 +588,8 @@ impl UploadStore for MemoryStore {
         let keep = response.body.len() <= MAX_STORED_RESPONSE_BYTES;
         entry.state = State::Consumed(keep.then(|| Box::new(response)));
         let slot = (entry.window_end_ms, upload.s3object_id);
-        uploads.unconsumed.remove(&slot);
+        uploads.open.remove(&slot);
+        uploads.closed.remove(&slot);
         uploads.consumed.insert(slot);
         inner.consumed.insert((slot.0, owner.clone(), slot.1));
         inner
