@@ -87,11 +87,13 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     let config = load(file, listen)?;
     // Log lines are formatted on the request's thread and written to stdout by a thread of their
     // own, so a slow log pipe never stalls a request; only a backlog of 128k lines would make
-    // requests wait (lines are never dropped: the audit trail is in them).
+    // requests wait (lines are never dropped: the audit trail is in them). Lines reach stdout as
+    // soon as the thread finds no more to write.
     let (stdout, _flush_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("kizen-gateway-log")
-        .finish(std::io::stdout());
+        // Buffered: the writer thread sends what piled up in one write, then flushes.
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let telemetry = observability::init_tracing_with_telemetry(
         &config.log,
         config.telemetry.otlp_traces,
