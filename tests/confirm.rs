@@ -393,24 +393,6 @@ async fn an_upstream_failure_releases_the_claim_for_a_retry() {
     assert_eq!(gw.forwarded(SUCCESS).len(), 3);
 }
 
-/// Repeats a confirmation while it answers `waiting` (its earlier outcome is not recorded yet),
-/// at most a few seconds; returns the first other answer.
-async fn repeat_while(
-    gw: &TestGateway,
-    token: &str,
-    issued: &Issued,
-    waiting: &[u16],
-) -> reqwest::Response {
-    for _ in 0..500 {
-        let response = gw.confirm(token, issued).await;
-        if !waiting.contains(&response.status().as_u16()) {
-            return response;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the confirmation kept answering {waiting:?}");
-}
-
 #[tokio::test]
 async fn a_confirmation_kizen_accepted_is_never_forwarded_again_while_the_store_fails_to_record_it()
 {
@@ -441,7 +423,7 @@ async fn a_confirmation_kizen_accepted_is_never_forwarded_again_while_the_store_
 
     // The store recovers: the background retry records the outcome, and repeats are replayed.
     store.failing_settles.store(0, Ordering::SeqCst);
-    let replayed = repeat_while(&gw, &token, &issued, &[409]).await;
+    let replayed = gw.confirm_while(&token, &issued, &[409]).await;
     assert_eq!(replayed.status(), 200);
     assert_eq!(replayed.headers()["idempotent-replayed"], "true");
     assert_eq!(gw.forwarded(SUCCESS).len(), 1, "Kizen saw one call");
@@ -475,7 +457,7 @@ async fn a_failed_confirmation_whose_release_fails_is_retried_later_not_lost() {
     store.failing_settles.store(2, Ordering::SeqCst);
     assert_problem(gw.confirm(&token, &issued).await, 502, "upstream_error").await;
     // Until the release lands the upload is held (409); then the user may retry, once.
-    let retried = repeat_while(&gw, &token, &issued, &[409]).await;
+    let retried = gw.confirm_while(&token, &issued, &[409]).await;
     assert_eq!(retried.status(), 200);
     assert_eq!(gw.forwarded(SUCCESS).len(), 2);
 }
@@ -566,4 +548,152 @@ async fn the_daily_upload_quota_counts_open_uploads_and_is_checked_again_at_conf
     assert_eq!(gw.forwarded(SUCCESS).len(), 1);
     // The upload stays issued: under the roomy tier it confirms.
     assert_eq!(gw.confirm(&roomy, &second).await.status(), 200);
+}
+
+/// The settler on its own, on paused time: what it does when the store keeps failing.
+mod settler {
+    use std::{
+        sync::{Arc, atomic::Ordering},
+        time::Duration,
+    };
+
+    use kizen_gateway::{
+        metrics::Metrics,
+        rate_limit::RateLimit,
+        settle::{Settlement, Settler},
+        store::{ClaimOutcome, ClaimRules, IssuedUpload, Lease, StoredResponse, UploadStore},
+    };
+    use time::OffsetDateTime;
+    use tokio::time::Instant;
+    use uuid::Uuid;
+
+    use crate::common::faulty_store::FaultyStore;
+
+    const RULES: ClaimRules = ClaimRules {
+        rate: RateLimit {
+            burst: 100,
+            period: Duration::from_secs(60),
+        },
+        max_attempts: 5,
+        attempt_backoff: Duration::from_secs(60),
+        max_uploads_per_day: None,
+        max_bytes_per_day: None,
+    };
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    fn answer() -> StoredResponse {
+        StoredResponse {
+            status: 200,
+            content_type: None,
+            body: bytes::Bytes::from_static(b"{}"),
+        }
+    }
+
+    /// A store holding one claimed upload of alice's, whose next `failing` settles fail.
+    async fn claimed(failing: usize) -> (Arc<FaultyStore>, IssuedUpload, Lease) {
+        let store = Arc::new(FaultyStore::new());
+        let id = Uuid::new_v4();
+        let upload = IssuedUpload {
+            s3object_id: id,
+            key: format!("uploads/{id}"),
+            user: "alice".into(),
+            source: "field_value".into(),
+            issued_at: now(),
+            window_end: now() + Duration::from_secs(3600),
+        };
+        store.record(upload.clone(), 5, now()).await.unwrap();
+        let ClaimOutcome::Claimed { lease, .. } = store
+            .claim("alice", id, &upload.key, now(), &RULES)
+            .await
+            .unwrap()
+            .outcome
+        else {
+            panic!("claims")
+        };
+        store.failing_settles.store(failing, Ordering::SeqCst);
+        (store, upload, lease)
+    }
+
+    fn confirmed() -> Settlement {
+        Settlement::Confirmed {
+            response: answer(),
+            size_bytes: 1,
+            at: now(),
+        }
+    }
+
+    async fn claim_again(store: &FaultyStore, upload: &IssuedUpload) -> ClaimOutcome {
+        store
+            .claim("alice", upload.s3object_id, &upload.key, now(), &RULES)
+            .await
+            .unwrap()
+            .outcome
+    }
+
+    fn counted(metrics: &Metrics, result: &str) -> bool {
+        metrics.render().contains(&format!(
+            "confirmation_settles_total{{result=\"{result}\"}} 1"
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_settle_is_retried_until_the_store_takes_it() {
+        let (store, upload, lease) = claimed(4).await;
+        let metrics = Arc::new(Metrics::new());
+        let settler = Settler::new(store.clone(), metrics.clone(), Duration::from_secs(60));
+        let landed = settler
+            .settle(upload.clone(), lease, confirmed(), Instant::now())
+            .await;
+        assert!(!landed, "the first attempt failed");
+        while settler.pending() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(store.failed_settles.load(Ordering::SeqCst), 4);
+        assert_eq!(
+            claim_again(&store, &upload).await,
+            ClaimOutcome::AlreadyConfirmed(Some(answer()))
+        );
+        assert!(counted(&metrics, "settled"), "{}", metrics.render());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settle_that_never_lands_is_given_up_at_the_end_of_the_lease() {
+        let (store, upload, lease) = claimed(usize::MAX).await;
+        let metrics = Arc::new(Metrics::new());
+        let settler = Settler::new(store.clone(), metrics.clone(), Duration::from_secs(60));
+        let started = Instant::now();
+        settler
+            .settle(upload.clone(), lease, confirmed(), started)
+            .await;
+        while settler.pending() > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert!(started.elapsed() <= Duration::from_secs(61));
+        assert!(counted(&metrics, "abandoned"), "{}", metrics.render());
+        // The upload stays held: never claimable again, so never forwarded twice.
+        store.failing_settles.store(0, Ordering::SeqCst);
+        assert_eq!(claim_again(&store, &upload).await, ClaimOutcome::InFlight);
+    }
+
+    #[tokio::test]
+    async fn a_settle_for_a_claim_not_held_is_counted_as_an_error() {
+        let (store, upload, _lease) = claimed(0).await;
+        let metrics = Arc::new(Metrics::new());
+        let settler = Settler::new(store, metrics.clone(), Duration::from_secs(60));
+        let foreign = Lease(Uuid::new_v4());
+        let failed = Settlement::Failed {
+            at: now(),
+            rules: RULES,
+        };
+        assert!(
+            settler
+                .settle(upload, foreign, failed, Instant::now())
+                .await
+        );
+        assert!(counted(&metrics, "stale"), "{}", metrics.render());
+        assert!(metrics.render().contains("store_errors_total 1"));
+    }
 }

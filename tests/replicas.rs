@@ -397,14 +397,7 @@ async fn a_redis_pause_between_kizens_answer_and_the_settle_never_forwards_twice
     assert_eq!(a.forwarded(SUCCESS).len(), 1);
 
     redis.resume();
-    let mut replay = b.confirm(&token, &issued).await;
-    for _ in 0..500 {
-        if ![409, 503].contains(&replay.status().as_u16()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        replay = b.confirm(&token, &issued).await;
-    }
+    let replay = b.confirm_while(&token, &issued, &[409, 503]).await;
     assert_eq!(replay.status(), 200);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(a.forwarded(SUCCESS).len(), 1, "Kizen saw one call");
@@ -436,14 +429,7 @@ async fn a_redis_outage_between_kizens_answer_and_the_settle_never_forwards_twic
     // Long after the claim's lease (on both replicas' clocks): still never a second forward.
     a.clock.advance(Duration::from_secs(300));
     b.clock.advance(Duration::from_secs(300));
-    let mut replay = b.confirm(&token, &issued).await;
-    for _ in 0..800 {
-        if ![409, 503].contains(&replay.status().as_u16()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        replay = b.confirm(&token, &issued).await;
-    }
+    let replay = b.confirm_while(&token, &issued, &[409, 503]).await;
     assert_eq!(replay.status(), 200);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(a.forwarded(SUCCESS).len(), 1, "Kizen saw one call");

@@ -331,6 +331,25 @@ impl TestGateway {
         tokio::spawn(async move { request.send().await.unwrap() })
     }
 
+    /// Repeats a confirmation while it answers one of `waiting` (its earlier outcome is not
+    /// recorded yet, or the store is still away), for at most a few seconds; returns the first
+    /// other answer.
+    pub async fn confirm_while(
+        &self,
+        token: &str,
+        issued: &Issued,
+        waiting: &[u16],
+    ) -> reqwest::Response {
+        for _ in 0..800 {
+            let response = self.confirm(token, issued).await;
+            if !waiting.contains(&response.status().as_u16()) {
+                return response;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the confirmation kept answering {waiting:?}");
+    }
+
     /// Requests the stand-in received on `path`.
     pub fn forwarded(&self, path: &str) -> Vec<RecordedRequest> {
         self.standin.requests_to(path)
