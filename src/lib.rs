@@ -11,9 +11,10 @@
 //! - [`routes`]: `presign` and `confirm`, each readable top to bottom.
 //! - [`auth`]: the bearer-token extractor, pinned keys, JWKS cache.
 //! - [`validate`]: input rules of both routes.
-//! - [`rate_limit`]: per-user presign budget (memory or Redis) and its headers.
-//! - [`quota`]: per-tier quotas: open uploads, uploads and bytes per day.
-//! - [`store`]: the upload store trait and its backends (memory, Redis).
+//! - [`rate_limit`]: the per-user budgets (presigns, confirmations): GCRA and its headers.
+//! - [`quota`]: per-tier quotas: open uploads, uploads and bytes per day, and their refusals.
+//! - [`store`]: the upload store trait and its backends (memory, Redis): each user's uploads,
+//!   day counters and rate budgets, checked and changed in one atomic step per request.
 //! - [`settle`]: recording a forwarded confirmation's outcome, retried while the store fails.
 //! - [`upstream`]: the constructed upstream calls and the filtering of their answers.
 //! - [`error`]: the one error type and its problem+json response.
