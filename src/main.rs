@@ -93,7 +93,10 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         .lossy(false)
         .thread_name("kizen-gateway-log")
         // Buffered: the writer thread sends what piled up in one write, then flushes.
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let telemetry = observability::init_tracing_with_telemetry(
         &config.log,
         config.telemetry.otlp_traces,
