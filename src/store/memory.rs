@@ -1,8 +1,8 @@
-//! The embedded store for one replica: per-user maps under one mutex, plus two global indexes
-//! (every entry by window end, for the sweep and for eviction; confirmed entries, the first to go
-//! when the store is full). Records are compact: times as milliseconds, the user id and the source
-//! shared (`Arc<str>`) rather than copied per upload, so that an upload costs its S3 key and a few
-//! index slots.
+//! The embedded store for one replica: per-user maps under one mutex (uploads, day counters, rate
+//! budgets), plus two global indexes: every entry by window end (for the sweep, and the expired
+//! ones go first when the store is full) and the confirmed entries (they go next). Records are
+//! compact: times as milliseconds, the user id and the source shared (`Arc<str>`) rather than
+//! copied per upload, so that an upload costs its S3 key and a few index slots.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -329,9 +329,7 @@ impl MemoryStore {
     fn remember_ms(&self) -> i64 {
         i64::try_from(self.limits.remember_expired.as_millis()).unwrap_or(i64::MAX)
     }
-}
 
-impl MemoryStore {
     /// The claim's checks after the budget, under the lock.
     fn claim_upload(
         &self,
