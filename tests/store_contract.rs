@@ -57,6 +57,22 @@ fn answer() -> StoredResponse {
     }
 }
 
+/// The verdict of a claim, its budget aside.
+async fn outcome(
+    store: &Arc<dyn UploadStore>,
+    user: &str,
+    id: Uuid,
+    key: &str,
+    now: OffsetDateTime,
+    rules: &ClaimRules,
+) -> ClaimOutcome {
+    store
+        .claim(user, id, key, now, rules)
+        .await
+        .unwrap()
+        .outcome
+}
+
 /// Claims `up` as `user`, which must succeed, and returns the lease.
 async fn claim_lease(
     store: &Arc<dyn UploadStore>,
@@ -64,12 +80,7 @@ async fn claim_lease(
     up: &IssuedUpload,
     now: OffsetDateTime,
 ) -> Lease {
-    match store
-        .claim(user, up.s3object_id, &up.key, now, &RULES)
-        .await
-        .unwrap()
-        .outcome
-    {
+    match outcome(store, user, up.s3object_id, &up.key, now, &RULES).await {
         ClaimOutcome::Claimed { lease, .. } => lease,
         other => panic!("the claim must succeed, got {other:?}"),
     }
@@ -85,21 +96,13 @@ pub async fn claim_takes_a_lease_once(store: Arc<dyn UploadStore>) {
     store.record(up.clone(), 10, now).await.unwrap();
     let ClaimOutcome::Claimed {
         upload: claimed, ..
-    } = store
-        .claim("alice", up.s3object_id, &up.key, now, &RULES)
-        .await
-        .unwrap()
-        .outcome
+    } = outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await
     else {
         panic!("first claim must succeed")
     };
     assert_eq!(claimed, up);
     assert_eq!(
-        store
-            .claim("alice", up.s3object_id, &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await,
         ClaimOutcome::InFlight
     );
 }
@@ -109,36 +112,20 @@ pub async fn unknown_and_foreign_uploads_are_not_found(store: Arc<dyn UploadStor
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
     assert_eq!(
-        store
-            .claim("alice", Uuid::new_v4(), &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", Uuid::new_v4(), &up.key, now, &RULES).await,
         ClaimOutcome::NotFound
     );
     assert_eq!(
-        store
-            .claim("bob", up.s3object_id, &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "bob", up.s3object_id, &up.key, now, &RULES).await,
         ClaimOutcome::NotFound
     );
     // A user id that is a prefix or a case variant of another is another user.
     assert_eq!(
-        store
-            .claim("Alice", up.s3object_id, &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "Alice", up.s3object_id, &up.key, now, &RULES).await,
         ClaimOutcome::NotFound
     );
     assert_eq!(
-        store
-            .claim("alic", up.s3object_id, &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alic", up.s3object_id, &up.key, now, &RULES).await,
         ClaimOutcome::NotFound
     );
 }
@@ -148,19 +135,11 @@ pub async fn a_wrong_key_is_refused_and_claims_nothing(store: Arc<dyn UploadStor
     let up = upload("alice", now);
     store.record(up.clone(), 10, now).await.unwrap();
     assert_eq!(
-        store
-            .claim("alice", up.s3object_id, "other", now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, "other", now, &RULES).await,
         ClaimOutcome::KeyMismatch
     );
     assert!(matches!(
-        store
-            .claim("alice", up.s3object_id, &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await,
         ClaimOutcome::Claimed { .. }
     ));
 }
@@ -175,11 +154,7 @@ pub async fn release_gives_the_upload_back(store: Arc<dyn UploadStore>) {
         Settled::Done
     );
     assert!(matches!(
-        store
-            .claim("alice", up.s3object_id, &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await,
         ClaimOutcome::Claimed { .. }
     ));
 }
@@ -193,11 +168,7 @@ pub async fn a_claim_never_lapses_and_only_its_lease_settles_it(store: Arc<dyn U
     // reached the upstream, so the upload is never claimable again by waiting.
     let later = up.window_end - Duration::from_secs(1);
     assert_eq!(
-        store
-            .claim("alice", up.s3object_id, &up.key, later, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, &up.key, later, &RULES).await,
         ClaimOutcome::InFlight
     );
     let foreign = Lease(Uuid::new_v4());
@@ -213,11 +184,7 @@ pub async fn a_claim_never_lapses_and_only_its_lease_settles_it(store: Arc<dyn U
         Settled::Stale
     );
     assert_eq!(
-        store
-            .claim("alice", up.s3object_id, &up.key, later, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, &up.key, later, &RULES).await,
         ClaimOutcome::InFlight,
         "a foreign lease changed nothing"
     );
@@ -227,11 +194,7 @@ pub async fn a_claim_never_lapses_and_only_its_lease_settles_it(store: Arc<dyn U
         "a late settle of the claim's own lease lands"
     );
     assert_eq!(
-        store
-            .claim("alice", up.s3object_id, &up.key, later, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, &up.key, later, &RULES).await,
         ClaimOutcome::AlreadyConfirmed(Some(answer()))
     );
     assert_eq!(
@@ -257,19 +220,11 @@ pub async fn failed_attempts_back_off(store: Arc<dyn UploadStore>) {
     }
     let until = now + RULES.attempt_backoff;
     assert_eq!(
-        store
-            .claim("alice", up.s3object_id, &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await,
         ClaimOutcome::BackingOff { until }
     );
     assert_eq!(
-        store
-            .claim("alice", up.s3object_id, "other", now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, "other", now, &RULES).await,
         ClaimOutcome::KeyMismatch,
         "the key is still checked first"
     );
@@ -282,11 +237,7 @@ pub async fn failed_attempts_back_off(store: Arc<dyn UploadStore>) {
         "a repeated release of one claim counts once"
     );
     assert_eq!(
-        store
-            .claim("alice", up.s3object_id, &up.key, until, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, &up.key, until, &RULES).await,
         ClaimOutcome::BackingOff {
             until: until + RULES.attempt_backoff
         }
@@ -303,11 +254,15 @@ pub async fn daily_quotas_are_checked_again_at_claim(store: Arc<dyn UploadStore>
     let second = upload("alice", now);
     store.record(first.clone(), 10, now).await.unwrap();
     store.record(second.clone(), 10, now).await.unwrap();
-    let ClaimOutcome::Claimed { lease, .. } = store
-        .claim("alice", first.s3object_id, &first.key, now, &one_a_day)
-        .await
-        .unwrap()
-        .outcome
+    let ClaimOutcome::Claimed { lease, .. } = outcome(
+        &store,
+        "alice",
+        first.s3object_id,
+        &first.key,
+        now,
+        &one_a_day,
+    )
+    .await
     else {
         panic!("the first confirmation of the day is allowed")
     };
@@ -316,11 +271,15 @@ pub async fn daily_quotas_are_checked_again_at_claim(store: Arc<dyn UploadStore>
         .await
         .unwrap();
     assert_eq!(
-        store
-            .claim("alice", second.s3object_id, &second.key, now, &one_a_day)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(
+            &store,
+            "alice",
+            second.s3object_id,
+            &second.key,
+            now,
+            &one_a_day
+        )
+        .await,
         ClaimOutcome::DailyQuotaReached(QuotaKind::UploadsPerDay)
     );
     let bytes = ClaimRules {
@@ -328,11 +287,15 @@ pub async fn daily_quotas_are_checked_again_at_claim(store: Arc<dyn UploadStore>
         ..RULES
     };
     assert_eq!(
-        store
-            .claim("alice", second.s3object_id, &second.key, now, &bytes)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(
+            &store,
+            "alice",
+            second.s3object_id,
+            &second.key,
+            now,
+            &bytes
+        )
+        .await,
         ClaimOutcome::DailyQuotaReached(QuotaKind::BytesPerDay)
     );
     // Refusals took nothing: without the quotas, the upload is still claimable; and tomorrow too.
@@ -345,19 +308,27 @@ pub async fn daily_quotas_are_checked_again_at_claim(store: Arc<dyn UploadStore>
     };
     store.record(other.clone(), 10, tomorrow).await.unwrap();
     assert!(matches!(
-        store
-            .claim("alice", other.s3object_id, &other.key, tomorrow, &one_a_day)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(
+            &store,
+            "alice",
+            other.s3object_id,
+            &other.key,
+            tomorrow,
+            &one_a_day
+        )
+        .await,
         ClaimOutcome::Claimed { .. }
     ));
     assert!(matches!(
-        store
-            .claim("alice", second.s3object_id, &second.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(
+            &store,
+            "alice",
+            second.s3object_id,
+            &second.key,
+            now,
+            &RULES
+        )
+        .await,
         ClaimOutcome::Claimed { .. }
     ));
 }
@@ -376,11 +347,7 @@ pub async fn a_huge_size_is_counted_capped(store: Arc<dyn UploadStore>) {
             Settled::Done
         );
         assert_eq!(
-            store
-                .claim("alice", up.s3object_id, &up.key, now, &RULES)
-                .await
-                .unwrap()
-                .outcome,
+            outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await,
             ClaimOutcome::AlreadyConfirmed(Some(answer())),
             "the upload is confirmed whole, never halfway"
         );
@@ -399,27 +366,15 @@ pub async fn consume_keeps_the_answer_for_the_same_key_only(store: Arc<dyn Uploa
     let lease = claim_lease(&store, "alice", &up, now).await;
     store.consume(&up, lease, answer(), 7, now).await.unwrap();
     assert_eq!(
-        store
-            .claim("alice", up.s3object_id, &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await,
         ClaimOutcome::AlreadyConfirmed(Some(answer()))
     );
     assert_eq!(
-        store
-            .claim("alice", up.s3object_id, "other", now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, "other", now, &RULES).await,
         ClaimOutcome::AlreadyConfirmed(None)
     );
     assert_eq!(
-        store
-            .claim("bob", up.s3object_id, &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "bob", up.s3object_id, &up.key, now, &RULES).await,
         ClaimOutcome::NotFound
     );
     assert_eq!(
@@ -435,11 +390,15 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
     store.record(up.clone(), 10, now).await.unwrap();
     assert!(
         matches!(
-            store
-                .claim("alice", up.s3object_id, &up.key, up.window_end, &RULES)
-                .await
-                .unwrap()
-                .outcome,
+            outcome(
+                &store,
+                "alice",
+                up.s3object_id,
+                &up.key,
+                up.window_end,
+                &RULES
+            )
+            .await,
             ClaimOutcome::Claimed { .. }
         ),
         "the window's last instant is inside"
@@ -448,11 +407,15 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
     store.record(other.clone(), 10, now).await.unwrap();
     let closed = other.window_end + Duration::from_secs(1);
     assert_eq!(
-        store
-            .claim("alice", other.s3object_id, &other.key, closed, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(
+            &store,
+            "alice",
+            other.s3object_id,
+            &other.key,
+            closed,
+            &RULES
+        )
+        .await,
         ClaimOutcome::Expired
     );
     assert_eq!(
@@ -464,11 +427,15 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
     let remembered = other.window_end + REMEMBER - Duration::from_secs(1);
     assert!(store.purge(remembered).await.unwrap().is_empty());
     assert_eq!(
-        store
-            .claim("alice", other.s3object_id, &other.key, remembered, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(
+            &store,
+            "alice",
+            other.s3object_id,
+            &other.key,
+            remembered,
+            &RULES
+        )
+        .await,
         ClaimOutcome::Expired
     );
 
@@ -480,11 +447,15 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
         "never-confirmed uploads are reported"
     );
     assert_eq!(
-        store
-            .claim("alice", other.s3object_id, &other.key, forgotten, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(
+            &store,
+            "alice",
+            other.s3object_id,
+            &other.key,
+            forgotten,
+            &RULES
+        )
+        .await,
         ClaimOutcome::NotFound
     );
     assert!(matches!(store.entry_count().await.unwrap(), None | Some(0)));
@@ -560,11 +531,7 @@ pub async fn hostile_user_ids_do_not_collide(store: Arc<dyn UploadStore>) {
         for (j, other) in users.iter().enumerate() {
             if i != j {
                 assert_eq!(
-                    store
-                        .claim(other, up.s3object_id, &up.key, now, &RULES)
-                        .await
-                        .unwrap()
-                        .outcome,
+                    outcome(&store, other, up.s3object_id, &up.key, now, &RULES).await,
                     ClaimOutcome::NotFound
                 );
             }
@@ -592,19 +559,11 @@ pub async fn a_repeated_upload_id_never_overwrites(store: Arc<dyn UploadStore>) 
     };
     store.record(bobs.clone(), 10, now).await.unwrap();
     assert!(matches!(
-        store
-            .claim("alice", up.s3object_id, &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await,
         ClaimOutcome::Claimed { .. }
     ));
     assert!(matches!(
-        store
-            .claim("bob", bobs.s3object_id, &bobs.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(&store, "bob", bobs.s3object_id, &bobs.key, now, &RULES).await,
         ClaimOutcome::Claimed { .. }
     ));
 }
@@ -615,11 +574,8 @@ pub async fn consumed_uploads_count_toward_the_day(store: Arc<dyn UploadStore>) 
     for size in [100, 250] {
         let up = upload("alice", now);
         store.record(up.clone(), 10, now).await.unwrap();
-        let ClaimOutcome::Claimed { lease, .. } = store
-            .claim("alice", up.s3object_id, &up.key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome
+        let ClaimOutcome::Claimed { lease, .. } =
+            outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await
         else {
             panic!()
         };
@@ -908,11 +864,15 @@ async fn a_full_memory_store_evicts_settled_and_expired_entries_never_open_ones(
     let late = upload("late", now);
     store.record(late.clone(), 10, now).await.unwrap();
     assert_eq!(
-        store
-            .claim("user1", live[1].s3object_id, &live[1].key, now, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(
+            &store,
+            "user1",
+            live[1].s3object_id,
+            &live[1].key,
+            now,
+            &RULES
+        )
+        .await,
         ClaimOutcome::NotFound,
         "the confirmed entry made room"
     );
@@ -925,11 +885,15 @@ async fn a_full_memory_store_evicts_settled_and_expired_entries_never_open_ones(
         .await
         .unwrap();
     assert_eq!(
-        store
-            .claim("user0", live[0].s3object_id, &live[0].key, closed, &RULES)
-            .await
-            .unwrap()
-            .outcome,
+        outcome(
+            &store,
+            "user0",
+            live[0].s3object_id,
+            &live[0].key,
+            closed,
+            &RULES
+        )
+        .await,
         ClaimOutcome::InFlight,
         "the claimed upload survived"
     );
@@ -959,32 +923,28 @@ async fn one_user_cannot_crowd_the_memory_store() {
         "mallory holds at most her own bound"
     );
     assert_eq!(
-        store
-            .claim(
-                "mallory",
-                confirmed[0].s3object_id,
-                &confirmed[0].key,
-                now,
-                &RULES
-            )
-            .await
-            .unwrap()
-            .outcome,
+        outcome(
+            &store,
+            "mallory",
+            confirmed[0].s3object_id,
+            &confirmed[0].key,
+            now,
+            &RULES
+        )
+        .await,
         ClaimOutcome::NotFound,
         "her confirmed entry due to be forgotten soonest went first"
     );
     assert_eq!(
-        store
-            .claim(
-                "mallory",
-                confirmed[7].s3object_id,
-                &confirmed[7].key,
-                now,
-                &RULES
-            )
-            .await
-            .unwrap()
-            .outcome,
+        outcome(
+            &store,
+            "mallory",
+            confirmed[7].s3object_id,
+            &confirmed[7].key,
+            now,
+            &RULES
+        )
+        .await,
         ClaimOutcome::AlreadyConfirmed(Some(answer()))
     );
     assert_eq!(
