@@ -368,17 +368,19 @@ async fn a_presign_refused_by_a_quota_spends_no_rate_budget() {
     assert_eq!(response.headers()["ratelimit-remaining"], "0");
 }
 
-/// Kizen accepts a confirmation, then Redis freezes before the gateway records it: the client
-/// hears 200, repeats get a prompt 503 and never a second forward, and once Redis runs again the
-/// background retry (or the timed-out write itself, which Redis executes on waking) records the
-/// outcome exactly once.
-#[tokio::test]
-async fn a_redis_pause_between_kizens_answer_and_the_settle_never_forwards_twice() {
-    let redis = RedisServer::start();
-    let (a, b) = two_replicas(&redis, "").await;
+/// Alice confirms on replica A; `fail` breaks Redis after Kizen received the call and before it
+/// answers. The client must still hear 200, and replica B a prompt 503, never a second forward.
+/// Then `heal` brings Redis back, the clocks move on by `later`, and the confirmation must end
+/// recorded once: replayed, with Kizen having seen one call.
+async fn kizen_accepts_while_redis_fails(
+    redis: &mut RedisServer,
+    fail: fn(&mut RedisServer),
+    heal: fn(&mut RedisServer),
+    later: Duration,
+) {
+    let (a, b) = two_replicas(redis, "").await;
     let token = a.token("alice");
     let issued = a.issue(&token).await;
-
     let kizen_answers = std::sync::Arc::new(tokio::sync::Notify::new());
     a.standin.script(
         Endpoint::Success,
@@ -386,53 +388,51 @@ async fn a_redis_pause_between_kizens_answer_and_the_settle_never_forwards_twice
     );
     let first = a.confirm_task(&token, &issued);
     a.standin.wait_for_requests(SUCCESS, 1).await;
-    redis.pause();
+    fail(redis);
     kizen_answers.notify_one();
     assert_eq!(first.await.unwrap().status(), 200);
 
-    // Redis is frozen: the other replica cannot claim; it fails closed, promptly.
     let started = std::time::Instant::now();
     assert_problem(b.confirm(&token, &issued).await, 503, "store_unavailable").await;
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "fails closed, promptly"
+    );
     assert_eq!(a.forwarded(SUCCESS).len(), 1);
 
-    redis.resume();
+    heal(redis);
+    a.clock.advance(later);
+    b.clock.advance(later);
     let replay = b.confirm_while(&token, &issued, &[409, 503]).await;
     assert_eq!(replay.status(), 200);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(a.forwarded(SUCCESS).len(), 1, "Kizen saw one call");
 }
 
-/// Kizen accepts a confirmation, then Redis goes down before the gateway records it. Before this
-/// was fixed the claim lapsed with its lease and a retry was forwarded again; now the claim holds
-/// until its own settle lands, which the gateway retries until Redis is back.
+/// Redis freezes (SIGSTOP) before the gateway records Kizen's answer: once it runs again, the
+/// background retry (or the timed-out write itself, which Redis executes on waking) records the
+/// outcome exactly once.
+#[tokio::test]
+async fn a_redis_pause_between_kizens_answer_and_the_settle_never_forwards_twice() {
+    let mut redis = RedisServer::start();
+    kizen_accepts_while_redis_fails(&mut redis, |r| r.pause(), |r| r.resume(), Duration::ZERO)
+        .await;
+}
+
+/// Redis goes down before the gateway records Kizen's answer. Before this was fixed the claim
+/// lapsed with its lease and a retry was forwarded again; now the claim holds until its own
+/// settle lands, which the gateway retries until Redis is back, however late.
 #[tokio::test]
 async fn a_redis_outage_between_kizens_answer_and_the_settle_never_forwards_twice() {
     let mut redis = RedisServer::start_persistent();
-    let (a, b) = two_replicas(&redis, "").await;
-    let token = a.token("alice");
-    let issued = a.issue(&token).await;
-
-    let kizen_answers = std::sync::Arc::new(tokio::sync::Notify::new());
-    a.standin.script(
-        Endpoint::Success,
-        Scripted::AfterSignal(kizen_answers.clone()),
-    );
-    let first = a.confirm_task(&token, &issued);
-    a.standin.wait_for_requests(SUCCESS, 1).await;
-    redis.stop();
-    kizen_answers.notify_one();
-    assert_eq!(first.await.unwrap().status(), 200);
-    assert_problem(b.confirm(&token, &issued).await, 503, "store_unavailable").await;
-
-    redis.start_again();
-    // Long after the claim's lease (on both replicas' clocks): still never a second forward.
-    a.clock.advance(Duration::from_secs(300));
-    b.clock.advance(Duration::from_secs(300));
-    let replay = b.confirm_while(&token, &issued, &[409, 503]).await;
-    assert_eq!(replay.status(), 200);
-    assert_eq!(replay.headers()["idempotent-replayed"], "true");
-    assert_eq!(a.forwarded(SUCCESS).len(), 1, "Kizen saw one call");
+    let past_the_lease = Duration::from_secs(300);
+    kizen_accepts_while_redis_fails(
+        &mut redis,
+        |r| r.stop(),
+        |r| r.start_again(),
+        past_the_lease,
+    )
+    .await;
 }
 
 /// Redis work per upload: a presign is two round trips (quotas and budget in one script, then the
