@@ -68,10 +68,13 @@ pub enum GatewayError {
     UnsupportedMediaType,
     #[error("payload too large")]
     PayloadTooLarge { limit: usize },
+    /// A per-user budget is spent; `what` names the requests it counts ("presign requests",
+    /// "confirmations").
     #[error("rate limited")]
-    RateLimited(RateLimitHeaders),
-    #[error("confirmations rate limited")]
-    ConfirmationRateLimited(RateLimitHeaders),
+    RateLimited {
+        what: &'static str,
+        budget: RateLimitHeaders,
+    },
     #[error("confirmation attempts exhausted")]
     AttemptsExhausted { retry_after: Duration },
     #[error("too many outstanding uploads")]
@@ -135,10 +138,9 @@ impl GatewayError {
             MalformedRequest { .. } | InvalidInput(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RateLimited(_)
-            | ConfirmationRateLimited(_)
-            | AttemptsExhausted { .. }
-            | QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | AttemptsExhausted { .. } | QuotaExceeded(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             KeyMismatch => StatusCode::FORBIDDEN,
             UploadExpired => StatusCode::GONE,
             ConfirmationInProgress | AlreadyConfirmed => StatusCode::CONFLICT,
@@ -160,7 +162,7 @@ impl GatewayError {
             InvalidInput(_) => "invalid_input",
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
-            RateLimited(_) | ConfirmationRateLimited(_) => "rate_limited",
+            RateLimited { .. } => "rate_limited",
             AttemptsExhausted { .. } => "confirmation_attempts_exhausted",
             QuotaExceeded(q) => match q.kind {
                 QuotaKind::Outstanding => "too_many_outstanding_uploads",
@@ -201,13 +203,9 @@ impl GatewayError {
             }
             UnsupportedMediaType => "the body must be application/x-www-form-urlencoded".into(),
             PayloadTooLarge { limit } => format!("the body is larger than {limit} bytes"),
-            RateLimited(headers) => format!(
-                "too many presign requests; retry in {} s",
-                headers.retry_after.map(|d| d.as_secs().max(1)).unwrap_or(1)
-            ),
-            ConfirmationRateLimited(headers) => format!(
-                "too many confirmations; retry in {} s",
-                headers.retry_after.map(|d| d.as_secs().max(1)).unwrap_or(1)
+            RateLimited { what, budget } => format!(
+                "too many {what}; retry in {} s",
+                budget.retry_after.map(|d| d.as_secs().max(1)).unwrap_or(1)
             ),
             AttemptsExhausted { retry_after } => format!(
                 "this upload failed to confirm too many times; retry in {} s",
@@ -267,9 +265,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            GatewayError::RateLimited(limit) | GatewayError::ConfirmationRateLimited(limit) => {
-                limit.write(headers)
-            }
+            GatewayError::RateLimited { budget, .. } => budget.write(headers),
             GatewayError::AttemptsExhausted { retry_after } => {
                 headers.insert(
                     header::RETRY_AFTER,

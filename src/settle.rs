@@ -71,12 +71,12 @@ impl Settler {
     /// settle landed now.
     pub async fn settle(
         &self,
-        upload: IssuedUpload,
+        upload: &IssuedUpload,
         lease: Lease,
         settlement: Settlement,
         claimed_at: Instant,
     ) -> bool {
-        match self.attempt(&upload, lease, &settlement).await {
+        match self.attempt(upload, lease, &settlement).await {
             Ok(()) => return true,
             Err(error) => tracing::warn!(
                 %error,
@@ -86,10 +86,10 @@ impl Settler {
         }
         if self.pending.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING {
             self.pending.fetch_sub(1, Ordering::SeqCst);
-            self.give_up(&upload, "too many settles pending");
+            self.give_up(upload, "too many settles pending");
             return false;
         }
-        let settler = self.clone();
+        let (settler, upload) = (self.clone(), upload.clone());
         let deadline = claimed_at + self.budget;
         tokio::spawn(async move {
             settler.retry(upload, lease, settlement, deadline).await;

@@ -604,7 +604,7 @@ mod settler {
             issued_at: now(),
             window_end: now() + Duration::from_secs(3600),
         };
-        store.record(upload.clone(), 5, now()).await.unwrap();
+        store.record(&upload, 5, now()).await.unwrap();
         let ClaimOutcome::Claimed { lease, .. } = store
             .claim("alice", id, &upload.key, now(), &RULES)
             .await
@@ -645,7 +645,7 @@ mod settler {
         let metrics = Arc::new(Metrics::new());
         let settler = Settler::new(store.clone(), metrics.clone(), Duration::from_secs(60));
         let landed = settler
-            .settle(upload.clone(), lease, confirmed(), Instant::now())
+            .settle(&upload, lease, confirmed(), Instant::now())
             .await;
         assert!(!landed, "the first attempt failed");
         while settler.pending() > 0 {
@@ -665,9 +665,7 @@ mod settler {
         let metrics = Arc::new(Metrics::new());
         let settler = Settler::new(store.clone(), metrics.clone(), Duration::from_secs(60));
         let started = Instant::now();
-        settler
-            .settle(upload.clone(), lease, confirmed(), started)
-            .await;
+        settler.settle(&upload, lease, confirmed(), started).await;
         while settler.pending() > 0 {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -690,7 +688,7 @@ mod settler {
         };
         assert!(
             settler
-                .settle(upload, foreign, failed, Instant::now())
+                .settle(&upload, foreign, failed, Instant::now())
                 .await
         );
         assert!(counted(&metrics, "stale"), "{}", metrics.render());

@@ -93,7 +93,7 @@ fn t0() -> OffsetDateTime {
 pub async fn claim_takes_a_lease_once(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
-    store.record(up.clone(), 10, now).await.unwrap();
+    store.record(&up, 10, now).await.unwrap();
     let ClaimOutcome::Claimed {
         upload: claimed, ..
     } = outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await
@@ -110,7 +110,7 @@ pub async fn claim_takes_a_lease_once(store: Arc<dyn UploadStore>) {
 pub async fn unknown_and_foreign_uploads_are_not_found(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
-    store.record(up.clone(), 10, now).await.unwrap();
+    store.record(&up, 10, now).await.unwrap();
     assert_eq!(
         outcome(&store, "alice", Uuid::new_v4(), &up.key, now, &RULES).await,
         ClaimOutcome::NotFound
@@ -133,7 +133,7 @@ pub async fn unknown_and_foreign_uploads_are_not_found(store: Arc<dyn UploadStor
 pub async fn a_wrong_key_is_refused_and_claims_nothing(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
-    store.record(up.clone(), 10, now).await.unwrap();
+    store.record(&up, 10, now).await.unwrap();
     assert_eq!(
         outcome(&store, "alice", up.s3object_id, "other", now, &RULES).await,
         ClaimOutcome::KeyMismatch
@@ -147,7 +147,7 @@ pub async fn a_wrong_key_is_refused_and_claims_nothing(store: Arc<dyn UploadStor
 pub async fn release_gives_the_upload_back(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
-    store.record(up.clone(), 10, now).await.unwrap();
+    store.record(&up, 10, now).await.unwrap();
     let lease = claim_lease(&store, "alice", &up, now).await;
     assert_eq!(
         store.release(&up, lease, now, &RULES).await.unwrap(),
@@ -162,7 +162,7 @@ pub async fn release_gives_the_upload_back(store: Arc<dyn UploadStore>) {
 pub async fn a_claim_never_lapses_and_only_its_lease_settles_it(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
-    store.record(up.clone(), 10, now).await.unwrap();
+    store.record(&up, 10, now).await.unwrap();
     let lease = claim_lease(&store, "alice", &up, now).await;
     // Long after any lease (the settle is late, or the replica died): the outcome may have
     // reached the upstream, so the upload is never claimable again by waiting.
@@ -213,7 +213,7 @@ pub async fn a_claim_never_lapses_and_only_its_lease_settles_it(store: Arc<dyn U
 pub async fn failed_attempts_back_off(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
-    store.record(up.clone(), 10, now).await.unwrap();
+    store.record(&up, 10, now).await.unwrap();
     for _ in 0..RULES.max_attempts {
         let lease = claim_lease(&store, "alice", &up, now).await;
         store.release(&up, lease, now, &RULES).await.unwrap();
@@ -252,8 +252,8 @@ pub async fn daily_quotas_are_checked_again_at_claim(store: Arc<dyn UploadStore>
     };
     let first = upload("alice", now);
     let second = upload("alice", now);
-    store.record(first.clone(), 10, now).await.unwrap();
-    store.record(second.clone(), 10, now).await.unwrap();
+    store.record(&first, 10, now).await.unwrap();
+    store.record(&second, 10, now).await.unwrap();
     let ClaimOutcome::Claimed { lease, .. } = outcome(
         &store,
         "alice",
@@ -306,7 +306,7 @@ pub async fn daily_quotas_are_checked_again_at_claim(store: Arc<dyn UploadStore>
         s3object_id: Uuid::new_v4(),
         ..later
     };
-    store.record(other.clone(), 10, tomorrow).await.unwrap();
+    store.record(&other, 10, tomorrow).await.unwrap();
     assert!(matches!(
         outcome(
             &store,
@@ -337,7 +337,7 @@ pub async fn a_huge_size_is_counted_capped(store: Arc<dyn UploadStore>) {
     let now = t0();
     for _ in 0..2 {
         let up = upload("alice", now);
-        store.record(up.clone(), 10, now).await.unwrap();
+        store.record(&up, 10, now).await.unwrap();
         let lease = claim_lease(&store, "alice", &up, now).await;
         assert_eq!(
             store
@@ -362,7 +362,7 @@ pub async fn a_huge_size_is_counted_capped(store: Arc<dyn UploadStore>) {
 pub async fn consume_keeps_the_answer_for_the_same_key_only(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
-    store.record(up.clone(), 10, now).await.unwrap();
+    store.record(&up, 10, now).await.unwrap();
     let lease = claim_lease(&store, "alice", &up, now).await;
     store.consume(&up, lease, answer(), 7, now).await.unwrap();
     assert_eq!(
@@ -387,7 +387,7 @@ pub async fn consume_keeps_the_answer_for_the_same_key_only(store: Arc<dyn Uploa
 pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
-    store.record(up.clone(), 10, now).await.unwrap();
+    store.record(&up, 10, now).await.unwrap();
     assert!(
         matches!(
             outcome(
@@ -404,7 +404,7 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
         "the window's last instant is inside"
     );
     let other = upload("alice", now);
-    store.record(other.clone(), 10, now).await.unwrap();
+    store.record(&other, 10, now).await.unwrap();
     let closed = other.window_end + Duration::from_secs(1);
     assert_eq!(
         outcome(
@@ -464,14 +464,14 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
 pub async fn per_user_cap_counts_open_uploads_only(store: Arc<dyn UploadStore>) {
     let now = t0();
     let first = upload("alice", now);
-    store.record(first.clone(), 2, now).await.unwrap();
-    store.record(upload("alice", now), 2, now).await.unwrap();
+    store.record(&first, 2, now).await.unwrap();
+    store.record(&upload("alice", now), 2, now).await.unwrap();
     assert_eq!(store.usage("alice", now).await.unwrap().outstanding, 2);
     assert_eq!(
-        store.record(upload("alice", now), 2, now).await,
+        store.record(&upload("alice", now), 2, now).await,
         Err(StoreError::UserCapReached { limit: 2 })
     );
-    store.record(upload("bob", now), 2, now).await.unwrap();
+    store.record(&upload("bob", now), 2, now).await.unwrap();
 
     let lease = claim_lease(&store, "alice", &first, now).await;
     assert_eq!(
@@ -483,13 +483,13 @@ pub async fn per_user_cap_counts_open_uploads_only(store: Arc<dyn UploadStore>) 
         .consume(&first, lease, answer(), 7, now)
         .await
         .unwrap();
-    store.record(upload("alice", now), 2, now).await.unwrap();
+    store.record(&upload("alice", now), 2, now).await.unwrap();
 }
 
 pub async fn concurrent_claims_have_one_winner(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
-    store.record(up.clone(), 10, now).await.unwrap();
+    store.record(&up, 10, now).await.unwrap();
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (store, up) = (store.clone(), up.clone());
@@ -518,7 +518,7 @@ pub async fn hostile_user_ids_do_not_collide(store: Arc<dyn UploadStore>) {
     let mut uploads = Vec::new();
     for user in users {
         let up = upload(user, now);
-        store.record(up.clone(), 1, now).await.unwrap();
+        store.record(&up, 1, now).await.unwrap();
         uploads.push(up);
     }
     for (i, up) in uploads.iter().enumerate() {
@@ -542,13 +542,13 @@ pub async fn hostile_user_ids_do_not_collide(store: Arc<dyn UploadStore>) {
 pub async fn a_repeated_upload_id_never_overwrites(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
-    store.record(up.clone(), 10, now).await.unwrap();
+    store.record(&up, 10, now).await.unwrap();
     let again = IssuedUpload {
         key: "other/key".into(),
         ..up.clone()
     };
     assert_eq!(
-        store.record(again, 10, now).await,
+        store.record(&again, 10, now).await,
         Err(StoreError::Duplicate)
     );
     // Ids are per user in every backend: another user's upload with the same id is its own.
@@ -557,7 +557,7 @@ pub async fn a_repeated_upload_id_never_overwrites(store: Arc<dyn UploadStore>) 
         key: "bob/key".into(),
         ..up.clone()
     };
-    store.record(bobs.clone(), 10, now).await.unwrap();
+    store.record(&bobs, 10, now).await.unwrap();
     assert!(matches!(
         outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await,
         ClaimOutcome::Claimed { .. }
@@ -573,7 +573,7 @@ pub async fn consumed_uploads_count_toward_the_day(store: Arc<dyn UploadStore>) 
     assert_eq!(store.usage("alice", now).await.unwrap(), Usage::default());
     for size in [100, 250] {
         let up = upload("alice", now);
-        store.record(up.clone(), 10, now).await.unwrap();
+        store.record(&up, 10, now).await.unwrap();
         let ClaimOutcome::Claimed { lease, .. } =
             outcome(&store, "alice", up.s3object_id, &up.key, now, &RULES).await
         else {
@@ -585,7 +585,7 @@ pub async fn consumed_uploads_count_toward_the_day(store: Arc<dyn UploadStore>) 
             .unwrap();
     }
     let released = upload("alice", now);
-    store.record(released.clone(), 10, now).await.unwrap();
+    store.record(&released, 10, now).await.unwrap();
     let lease = claim_lease(&store, "alice", &released, now).await;
     store.release(&released, lease, now, &RULES).await.unwrap();
 
@@ -631,7 +631,7 @@ pub async fn admit_checks_quotas_then_spends_the_budget(store: Arc<dyn UploadSto
         (2, 1, None)
     );
     let up = upload("alice", now);
-    store.record(up.clone(), 1, now).await.unwrap();
+    store.record(&up, 1, now).await.unwrap();
     for _ in 0..3 {
         assert_eq!(
             store.admit("alice", now, &rules).await.unwrap(),
@@ -668,13 +668,13 @@ pub async fn admit_counts_open_uploads_toward_the_day(store: Arc<dyn UploadStore
         max_uploads_per_day: Some(2),
         ..presign_rules(10, 100)
     };
-    store.record(upload("alice", now), 10, now).await.unwrap();
+    store.record(&upload("alice", now), 10, now).await.unwrap();
     assert!(matches!(
         store.admit("alice", now, &rules).await.unwrap(),
         Admission::Admitted(_)
     ));
     let confirmed = upload("alice", now);
-    store.record(confirmed.clone(), 10, now).await.unwrap();
+    store.record(&confirmed, 10, now).await.unwrap();
     assert_eq!(
         store.admit("alice", now, &rules).await.unwrap(),
         Admission::QuotaReached(QuotaKind::UploadsPerDay),
@@ -703,7 +703,7 @@ pub async fn admit_counts_open_uploads_toward_the_day(store: Arc<dyn UploadStore
 pub async fn every_claim_spends_the_confirmation_budget(store: Arc<dyn UploadStore>) {
     let now = t0();
     let up = upload("alice", now);
-    store.record(up.clone(), 10, now).await.unwrap();
+    store.record(&up, 10, now).await.unwrap();
     let rules = ClaimRules {
         rate: RateLimit {
             burst: 2,
@@ -842,17 +842,17 @@ async fn a_full_memory_store_evicts_settled_and_expired_entries_never_open_ones(
     let now = t0();
     let live: Vec<_> = (0..3).map(|i| upload(&format!("user{i}"), now)).collect();
     for up in &live {
-        store.record(up.clone(), 10, now).await.unwrap();
+        store.record(up, 10, now).await.unwrap();
     }
     assert_eq!(
-        store.record(upload("late", now), 10, now).await,
+        store.record(&upload("late", now), 10, now).await,
         Err(StoreError::Full),
         "every entry is open: nothing may be evicted"
     );
     // A confirmation in flight is not evicted either.
     let _held = claim_lease(&store, "user0", &live[0], now).await;
     assert_eq!(
-        store.record(upload("late", now), 10, now).await,
+        store.record(&upload("late", now), 10, now).await,
         Err(StoreError::Full)
     );
     // A confirmed entry goes first, however recent.
@@ -862,7 +862,7 @@ async fn a_full_memory_store_evicts_settled_and_expired_entries_never_open_ones(
         .await
         .unwrap();
     let late = upload("late", now);
-    store.record(late.clone(), 10, now).await.unwrap();
+    store.record(&late, 10, now).await.unwrap();
     assert_eq!(
         outcome(
             &store,
@@ -881,7 +881,7 @@ async fn a_full_memory_store_evicts_settled_and_expired_entries_never_open_ones(
     // of the one still held by its confirmation.
     let closed = live[2].window_end + Duration::from_secs(1);
     store
-        .record(upload("later", closed), 10, closed)
+        .record(&upload("later", closed), 10, closed)
         .await
         .unwrap();
     assert_eq!(
@@ -912,7 +912,7 @@ async fn one_user_cannot_crowd_the_memory_store() {
     for i in 0..8 {
         let mut up = upload("mallory", now);
         up.window_end += Duration::from_secs(i);
-        store.record(up.clone(), 2, now).await.unwrap();
+        store.record(&up, 2, now).await.unwrap();
         let lease = claim_lease(&store, "mallory", &up, now).await;
         store.consume(&up, lease, answer(), 1, now).await.unwrap();
         confirmed.push(up);
@@ -954,7 +954,7 @@ async fn one_user_cannot_crowd_the_memory_store() {
     );
     for i in 0..7 {
         store
-            .record(upload(&format!("user{i}"), now), 2, now)
+            .record(&upload(&format!("user{i}"), now), 2, now)
             .await
             .unwrap();
     }

@@ -484,7 +484,7 @@ async fn an_unreachable_upstream_is_502_upstream_unreachable_promptly() {
     let key = format!("uploads/{id}/photo.png");
     store
         .record(
-            IssuedUpload {
+            &IssuedUpload {
                 s3object_id: id,
                 key: key.clone(),
                 user: "alice".into(),

@@ -1,5 +1,6 @@
-//! `POST /api/s3/success`: authenticate, validate, rate-limit, claim the upload atomically (owner,
-//! key, window, attempt backoff, daily quotas), forward, then settle the claim: consume it
+//! `POST /api/s3/success`: authenticate, validate, then in one store step spend the user's
+//! confirmation budget and claim the upload atomically (owner, key, window, attempt backoff, daily
+//! quotas), forward, then settle the claim: consume it
 //! (upstream 2xx) or release it (anything else) so that the user can retry. The settle is retried
 //! in the background if the store fails (see [`crate::settle`]); until it lands the upload is never
 //! forwarded again.
@@ -64,7 +65,12 @@ pub async fn confirm(
             budget.write(response.headers_mut());
             return Ok(response);
         }
-        ClaimOutcome::RateLimited => return Err(GatewayError::ConfirmationRateLimited(budget)),
+        ClaimOutcome::RateLimited => {
+            return Err(GatewayError::RateLimited {
+                what: "confirmations",
+                budget,
+            });
+        }
         refused => {
             let error = match refused {
                 ClaimOutcome::NotFound => GatewayError::UploadNotFound,
@@ -102,35 +108,36 @@ pub async fn confirm(
             .upstream
             .confirm(&input, &upload, is_public, &user, &headers, &request_id.0)
             .await;
+        // Record the outcome (retried in the background if the store fails now): a 2xx consumes
+        // the upload, anything else gives it back for a retry.
+        let settlement = match &forwarded {
+            Ok(answer) if answer.status.is_success() => Settlement::Confirmed {
+                response: StoredResponse {
+                    status: answer.status.as_u16(),
+                    content_type: answer.content_type().map(str::to_owned),
+                    body: answer.body.clone(),
+                },
+                size_bytes: reported_size(&answer.body),
+                at: state.clock.now(),
+            },
+            _ => Settlement::Failed {
+                at: state.clock.now(),
+                rules,
+            },
+        };
+        state
+            .settler
+            .settle(&upload, lease, settlement, claimed_at)
+            .await;
+
+        // Upstream accepted it: the client hears so whether or not the store took the outcome at
+        // once; a repeat meanwhile gets 409, never a second forward.
         let mut response = match forwarded {
             Ok(answer) if answer.status.is_success() => {
-                let settlement = Settlement::Confirmed {
-                    response: StoredResponse {
-                        status: answer.status.as_u16(),
-                        content_type: answer.content_type().map(str::to_owned),
-                        body: answer.body.clone(),
-                    },
-                    size_bytes: reported_size(&answer.body),
-                    at: state.clock.now(),
-                };
-                // Upstream accepted it: the client hears so whether or not the store took the
-                // outcome at once; a repeat meanwhile gets 409, never a second forward.
-                state
-                    .settler
-                    .settle(upload.clone(), lease, settlement, claimed_at)
-                    .await;
                 audit::confirmed(&state.metrics, &upload, &request_id.0);
                 upstream_response(answer, "confirmed")
             }
             other => {
-                let settlement = Settlement::Failed {
-                    at: state.clock.now(),
-                    rules,
-                };
-                state
-                    .settler
-                    .settle(upload.clone(), lease, settlement, claimed_at)
-                    .await;
                 let reason = match &other {
                     Ok(_) => "upstream_rejected_input",
                     Err(error) => error.code(),

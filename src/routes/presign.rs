@@ -1,5 +1,6 @@
-//! `GET /api/s3/presigned-post`: authenticate, validate, rate-limit, check the user's outstanding
-//! uploads, forward, record what was issued, answer with the upstream's body.
+//! `GET /api/s3/presigned-post`: authenticate, validate, check the tier's quotas and spend the
+//! user's presign budget (one store step), forward, record what was issued, answer with the
+//! upstream's body.
 
 use axum::{
     Extension,
@@ -45,7 +46,12 @@ pub async fn presign(
     };
     let budget = match state.store.admit(&user.id, now, &rules).await? {
         Admission::Admitted(budget) => budget,
-        Admission::RateLimited(budget) => return Err(GatewayError::RateLimited(budget)),
+        Admission::RateLimited(budget) => {
+            return Err(GatewayError::RateLimited {
+                what: "presign requests",
+                budget,
+            });
+        }
         Admission::QuotaReached(kind) => {
             let refused = quotas.exceeded(user.tier.as_deref(), kind, now);
             return Err(GatewayError::QuotaExceeded(refused));
@@ -76,7 +82,7 @@ pub async fn presign(
     // cannot overshoot it.
     state
         .store
-        .record(upload.clone(), tier.max_outstanding, now)
+        .record(&upload, tier.max_outstanding, now)
         .await
         .map_err(|error| match error {
             StoreError::UserCapReached { .. } => GatewayError::QuotaExceeded(quotas.exceeded(

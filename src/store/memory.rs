@@ -448,7 +448,7 @@ impl UploadStore for MemoryStore {
 
     async fn record(
         &self,
-        upload: IssuedUpload,
+        upload: &IssuedUpload,
         max_outstanding: usize,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
@@ -482,7 +482,7 @@ impl UploadStore for MemoryStore {
         uploads.uploads.insert(
             id,
             Entry {
-                key: upload.key.into_boxed_str(),
+                key: upload.key.as_str().into(),
                 source,
                 issued_ms: unix_ms(upload.issued_at),
                 window_end_ms,

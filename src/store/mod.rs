@@ -221,7 +221,7 @@ pub trait UploadStore: Send + Sync + 'static {
     /// or the store is full. Never evicts a live upload to make room.
     async fn record(
         &self,
-        upload: IssuedUpload,
+        upload: &IssuedUpload,
         max_outstanding: usize,
         now: OffsetDateTime,
     ) -> Result<(), StoreError>;

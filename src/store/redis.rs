@@ -468,7 +468,7 @@ impl UploadStore for RedisStore {
 
     async fn record(
         &self,
-        upload: IssuedUpload,
+        upload: &IssuedUpload,
         max_outstanding: usize,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {

@@ -89,7 +89,7 @@ impl UploadStore for FaultyStore {
 
     async fn record(
         &self,
-        upload: IssuedUpload,
+        upload: &IssuedUpload,
         max_outstanding: usize,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
