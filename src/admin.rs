@@ -13,7 +13,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// The gateway's own API description, kept in the repository and checked by the tests.
 pub const OPENAPI_JSON: &str = include_str!("../openapi/kizen-gateway.openapi.json");

@@ -1,7 +1,11 @@
-//! Wall-clock time for upload windows, behind a trait so that expiry tests move time by hand
-//! instead of sleeping.
+//! Wall-clock time, the gateway's one source of it: [`Clock`] for upload windows, behind a trait
+//! so that expiry tests move time by hand instead of sleeping, and [`seconds_since_epoch`] for
+//! token times, which are always real.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use time::OffsetDateTime;
 
@@ -39,4 +43,12 @@ impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
         *self.0.lock().expect("clock lock")
     }
+}
+
+/// Seconds since the Unix epoch, by the system clock.
+pub fn seconds_since_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     App, Config,
-    observability::seconds_since_epoch,
+    clock::seconds_since_epoch,
     standin::{Standin, StandinConfig},
 };
 

@@ -1,6 +1,7 @@
-//! The one error type of the gateway and its one `IntoResponse`: an RFC 9457
-//! `application/problem+json` body with a stable `code`, a human `detail` and, where the
-//! input was at fault, one entry per invalid field.
+//! Every service error mapped to one HTTP problem: an RFC 9457 `application/problem+json` body
+//! with a stable `code`, a human `detail` and, where the input was at fault, one entry per invalid
+//! field. [`ErrorCode`] is the table of every problem the gateway answers with; the OpenAPI
+//! document and its test are checked against it.
 
 use std::time::Duration;
 
@@ -12,41 +13,107 @@ use serde::Serialize;
 
 use crate::{
     auth::AuthFailure,
-    observability::Outcome,
-    quota::{QuotaExceeded, QuotaKind},
-    rate_limit::RateLimitHeaders,
+    domain::QuotaKind,
+    observability::access::Outcome,
+    quota::QuotaExceeded,
+    rate_limit::{RateLimitHeaders, whole_seconds_ceil},
+    store::StoreError,
+    upstream::UpstreamFailure,
+    validate::FieldError,
 };
 
-/// One invalid input field.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub code: &'static str,
-    pub detail: String,
-}
-
-impl FieldError {
-    pub fn new(field: &str, code: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            field: field.to_owned(),
-            code,
-            detail: detail.into(),
-        }
-    }
-}
-
-/// Why an upstream call failed, in linkerd's fixed vocabulary: 502 for a bad or refused answer,
-/// 504 for no answer in time.
+/// What `Retry-After` an answer with a given code carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    Unreachable,
-    Timeout,
-    /// Not JSON, missing fields, too large, a redirect, or a leaked secret.
-    BadResponse,
-    /// Upstream 5xx.
-    ServerError,
-    /// Upstream 401/403: the gateway's own credentials are wrong.
-    CredentialsRejected,
+pub enum RetryAfter {
+    /// None: retrying the same request does not help.
+    Never,
+    /// Always this many seconds.
+    Fixed(u64),
+    /// Computed from the state that refused the request (a budget, a quota, a backoff).
+    Computed,
+}
+
+macro_rules! error_codes {
+    ($($variant:ident => ($code:literal, $status:ident, $retry:expr),)+) => {
+        /// Every problem the gateway answers with: its stable `code` (clients may match on it; it
+        /// never changes meaning), its status, its title and its `Retry-After`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($variant,)+
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order of the table.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $code,)+
+                }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(Self::$variant => StatusCode::$status,)+
+                }
+            }
+
+            pub fn retry_after(self) -> RetryAfter {
+                use RetryAfter::*;
+                match self {
+                    $(Self::$variant => $retry,)+
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    TokenMissing => ("token_missing", UNAUTHORIZED, Never),
+    TokenMalformed => ("token_malformed", UNAUTHORIZED, Never),
+    TokenUnsupported => ("token_unsupported", UNAUTHORIZED, Never),
+    TokenUnknownKey => ("token_unknown_key", UNAUTHORIZED, Never),
+    TokenBadSignature => ("token_bad_signature", UNAUTHORIZED, Never),
+    TokenExpired => ("token_expired", UNAUTHORIZED, Never),
+    TokenNotYetValid => ("token_not_yet_valid", UNAUTHORIZED, Never),
+    TokenWrongIssuer => ("token_wrong_issuer", UNAUTHORIZED, Never),
+    TokenWrongAudience => ("token_wrong_audience", UNAUTHORIZED, Never),
+    TokenMissingClaim => ("token_missing_claim", UNAUTHORIZED, Never),
+    RouteNotFound => ("route_not_found", NOT_FOUND, Never),
+    MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED, Never),
+    AbsoluteFormTarget => ("absolute_form_target", BAD_REQUEST, Never),
+    BadHostHeader => ("bad_host_header", BAD_REQUEST, Never),
+    TransferEncodingNotAccepted => ("transfer_encoding_not_accepted", BAD_REQUEST, Never),
+    InvalidInput => ("invalid_input", BAD_REQUEST, Never),
+    UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, Never),
+    PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE, Never),
+    RateLimited => ("rate_limited", TOO_MANY_REQUESTS, Computed),
+    ConfirmationAttemptsExhausted => ("confirmation_attempts_exhausted", TOO_MANY_REQUESTS, Computed),
+    TooManyOutstandingUploads => ("too_many_outstanding_uploads", TOO_MANY_REQUESTS, Never),
+    DailyUploadQuotaExceeded => ("daily_upload_quota_exceeded", TOO_MANY_REQUESTS, Computed),
+    DailyByteQuotaExceeded => ("daily_byte_quota_exceeded", TOO_MANY_REQUESTS, Computed),
+    UploadNotFound => ("upload_not_found", NOT_FOUND, Never),
+    KeyMismatch => ("key_mismatch", FORBIDDEN, Never),
+    UploadExpired => ("upload_expired", GONE, Never),
+    ConfirmationInProgress => ("confirmation_in_progress", CONFLICT, Fixed(1)),
+    AlreadyConfirmed => ("already_confirmed", CONFLICT, Never),
+    StoreFull => ("store_full", SERVICE_UNAVAILABLE, Fixed(5)),
+    StoreUnavailable => ("store_unavailable", SERVICE_UNAVAILABLE, Fixed(5)),
+    Overloaded => ("overloaded", SERVICE_UNAVAILABLE, Fixed(1)),
+    RequestTimeout => ("request_timeout", GATEWAY_TIMEOUT, Never),
+    UpstreamUnreachable => ("upstream_unreachable", BAD_GATEWAY, Never),
+    UpstreamTimeout => ("upstream_timeout", GATEWAY_TIMEOUT, Never),
+    UpstreamBadResponse => ("upstream_bad_response", BAD_GATEWAY, Never),
+    UpstreamError => ("upstream_error", BAD_GATEWAY, Never),
+    UpstreamUnavailable => ("upstream_unavailable", BAD_GATEWAY, Never),
+    InternalError => ("internal_error", INTERNAL_SERVER_ERROR, Never),
+}
+
+impl ErrorCode {
+    /// The problem's `title`: the status's reason phrase.
+    pub fn title(self) -> &'static str {
+        self.status().canonical_reason().unwrap_or("Error")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,11 +124,12 @@ pub enum GatewayError {
     RouteNotFound,
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
-    #[error("malformed request: {detail}")]
-    MalformedRequest {
-        code: &'static str,
-        detail: &'static str,
-    },
+    #[error("the request target is not a path")]
+    AbsoluteFormTarget,
+    #[error("not exactly one Host header")]
+    BadHostHeader,
+    #[error("Transfer-Encoding sent")]
+    TransferEncodingNotAccepted,
     #[error("invalid input")]
     InvalidInput(Vec<FieldError>),
     #[error("unsupported media type")]
@@ -99,8 +167,9 @@ pub enum GatewayError {
     RequestTimeout,
     #[error("upstream failure: {0:?}")]
     Upstream(UpstreamFailure),
-    #[error("internal error")]
-    Internal,
+    /// A bug or an impossible state; the cause is logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 #[derive(Serialize)]
@@ -129,62 +198,60 @@ struct QuotaProblem {
 }
 
 impl GatewayError {
-    pub fn status(&self) -> StatusCode {
+    /// The row of the table this error answers with.
+    pub fn code(&self) -> ErrorCode {
         use GatewayError::*;
         match self {
-            Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            RouteNotFound | UploadNotFound => StatusCode::NOT_FOUND,
-            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            MalformedRequest { .. } | InvalidInput(_) => StatusCode::BAD_REQUEST,
-            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RateLimited { .. } | AttemptsExhausted { .. } | QuotaExceeded(_) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            KeyMismatch => StatusCode::FORBIDDEN,
-            UploadExpired => StatusCode::GONE,
-            ConfirmationInProgress | AlreadyConfirmed => StatusCode::CONFLICT,
-            StoreFull | StoreUnavailable | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            RequestTimeout | Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-            Upstream(_) => StatusCode::BAD_GATEWAY,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Unauthorized(failure) => match failure {
+                AuthFailure::Missing => ErrorCode::TokenMissing,
+                AuthFailure::Malformed => ErrorCode::TokenMalformed,
+                AuthFailure::Unsupported => ErrorCode::TokenUnsupported,
+                AuthFailure::UnknownKey => ErrorCode::TokenUnknownKey,
+                AuthFailure::BadSignature => ErrorCode::TokenBadSignature,
+                AuthFailure::Expired => ErrorCode::TokenExpired,
+                AuthFailure::NotYetValid => ErrorCode::TokenNotYetValid,
+                AuthFailure::WrongIssuer => ErrorCode::TokenWrongIssuer,
+                AuthFailure::WrongAudience => ErrorCode::TokenWrongAudience,
+                AuthFailure::MissingClaim => ErrorCode::TokenMissingClaim,
+            },
+            RouteNotFound => ErrorCode::RouteNotFound,
+            MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            AbsoluteFormTarget => ErrorCode::AbsoluteFormTarget,
+            BadHostHeader => ErrorCode::BadHostHeader,
+            TransferEncodingNotAccepted => ErrorCode::TransferEncodingNotAccepted,
+            InvalidInput(_) => ErrorCode::InvalidInput,
+            UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            RateLimited { .. } => ErrorCode::RateLimited,
+            AttemptsExhausted { .. } => ErrorCode::ConfirmationAttemptsExhausted,
+            QuotaExceeded(q) => match q.kind {
+                QuotaKind::Outstanding => ErrorCode::TooManyOutstandingUploads,
+                QuotaKind::UploadsPerDay => ErrorCode::DailyUploadQuotaExceeded,
+                QuotaKind::BytesPerDay => ErrorCode::DailyByteQuotaExceeded,
+            },
+            UploadNotFound => ErrorCode::UploadNotFound,
+            KeyMismatch => ErrorCode::KeyMismatch,
+            UploadExpired => ErrorCode::UploadExpired,
+            ConfirmationInProgress => ErrorCode::ConfirmationInProgress,
+            AlreadyConfirmed => ErrorCode::AlreadyConfirmed,
+            StoreFull => ErrorCode::StoreFull,
+            StoreUnavailable => ErrorCode::StoreUnavailable,
+            Overloaded => ErrorCode::Overloaded,
+            RequestTimeout => ErrorCode::RequestTimeout,
+            Upstream(failure) => match failure {
+                UpstreamFailure::Unreachable => ErrorCode::UpstreamUnreachable,
+                UpstreamFailure::Timeout => ErrorCode::UpstreamTimeout,
+                UpstreamFailure::BadResponse => ErrorCode::UpstreamBadResponse,
+                UpstreamFailure::ServerError => ErrorCode::UpstreamError,
+                UpstreamFailure::CredentialsRejected => ErrorCode::UpstreamUnavailable,
+                UpstreamFailure::RequestNotBuilt => ErrorCode::InternalError,
+            },
+            Internal(_) => ErrorCode::InternalError,
         }
     }
 
-    /// The stable machine-readable code. Clients may match on it; it never changes meaning.
-    pub fn code(&self) -> &'static str {
-        use GatewayError::*;
-        match self {
-            Unauthorized(failure) => failure.code(),
-            RouteNotFound => "route_not_found",
-            MethodNotAllowed { .. } => "method_not_allowed",
-            MalformedRequest { code, .. } => code,
-            InvalidInput(_) => "invalid_input",
-            UnsupportedMediaType => "unsupported_media_type",
-            PayloadTooLarge { .. } => "payload_too_large",
-            RateLimited { .. } => "rate_limited",
-            AttemptsExhausted { .. } => "confirmation_attempts_exhausted",
-            QuotaExceeded(q) => match q.kind {
-                QuotaKind::Outstanding => "too_many_outstanding_uploads",
-                QuotaKind::UploadsPerDay => "daily_upload_quota_exceeded",
-                QuotaKind::BytesPerDay => "daily_byte_quota_exceeded",
-            },
-            UploadNotFound => "upload_not_found",
-            KeyMismatch => "key_mismatch",
-            UploadExpired => "upload_expired",
-            ConfirmationInProgress => "confirmation_in_progress",
-            AlreadyConfirmed => "already_confirmed",
-            StoreFull => "store_full",
-            StoreUnavailable => "store_unavailable",
-            Overloaded => "overloaded",
-            RequestTimeout => "request_timeout",
-            Upstream(UpstreamFailure::Unreachable) => "upstream_unreachable",
-            Upstream(UpstreamFailure::Timeout) => "upstream_timeout",
-            Upstream(UpstreamFailure::BadResponse) => "upstream_bad_response",
-            Upstream(UpstreamFailure::ServerError) => "upstream_error",
-            Upstream(UpstreamFailure::CredentialsRejected) => "upstream_unavailable",
-            Internal => "internal_error",
-        }
+    pub fn status(&self) -> StatusCode {
+        self.code().status()
     }
 
     fn detail(&self) -> String {
@@ -196,7 +263,13 @@ impl GatewayError {
                     .into()
             }
             MethodNotAllowed { allow } => format!("this route accepts only {allow}"),
-            MalformedRequest { detail, .. } => (*detail).to_owned(),
+            AbsoluteFormTarget => {
+                "the request target must be a path (origin-form), not a URL".into()
+            }
+            BadHostHeader => "an HTTP/1.1 request carries exactly one Host header".into(),
+            TransferEncodingNotAccepted => {
+                "send the body with Content-Length; Transfer-Encoding is not accepted".into()
+            }
             InvalidInput(errors) => {
                 let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
                 format!("invalid input in: {}", fields.join(", "))
@@ -246,11 +319,12 @@ impl GatewayError {
                 "the upload service gave an unusable answer".into()
             }
             Upstream(UpstreamFailure::ServerError) => "the upload service failed".into(),
+            Upstream(UpstreamFailure::RequestNotBuilt) => "internal error".into(),
             // Neutral on purpose: the client must not learn that the gateway's credentials failed.
             Upstream(UpstreamFailure::CredentialsRejected) => {
                 "the upload service is unavailable".into()
             }
-            Internal => "internal error".into(),
+            Internal(_) => "internal error".into(),
         }
     }
 
@@ -282,25 +356,22 @@ impl GatewayError {
                     HeaderValue::from(wait.whole_seconds().max(1) as u64),
                 );
             }
-            GatewayError::ConfirmationInProgress | GatewayError::Overloaded => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            _ => {
+                if let RetryAfter::Fixed(seconds) = self.code().retry_after() {
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                }
             }
-            GatewayError::StoreFull | GatewayError::StoreUnavailable => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            }
-            _ => {}
         }
     }
 
     /// The problem body alone, for callers that build a response by hand.
     pub fn to_json(&self) -> Vec<u8> {
-        let status = self.status();
         let code = self.code();
         let problem = Problem {
-            kind: format!("urn:kizen-gateway:problem:{code}"),
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            code,
+            kind: format!("urn:kizen-gateway:problem:{}", code.as_str()),
+            title: code.title(),
+            status: code.status().as_u16(),
+            code: code.as_str(),
             detail: self.detail(),
             errors: match self {
                 GatewayError::InvalidInput(errors) => errors.clone(),
@@ -327,36 +398,52 @@ pub static PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/pro
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
+        if self.status().is_server_error() {
+            // The client hears the code only; the operator reads the cause.
+            tracing::warn!(code = self.code().as_str(), cause = %self, "request failed");
+        }
         let mut response = (self.status(), self.to_json()).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, PROBLEM_JSON.clone());
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         self.extra_headers(headers);
-        response.extensions_mut().insert(Outcome(self.code()));
+        response
+            .extensions_mut()
+            .insert(Outcome(self.code().as_str()));
         response
     }
 }
 
-/// Seconds for `Retry-After` and `RateLimit-Reset`: rounded up, never 0 while waiting.
-pub fn whole_seconds_ceil(duration: Duration) -> u64 {
-    let secs = duration.as_secs();
-    if duration.subsec_nanos() > 0 {
-        secs + 1
-    } else {
-        secs
+impl From<AuthFailure> for GatewayError {
+    fn from(failure: AuthFailure) -> Self {
+        GatewayError::Unauthorized(failure)
     }
 }
 
-impl From<crate::store::StoreError> for GatewayError {
-    fn from(error: crate::store::StoreError) -> Self {
-        use crate::store::StoreError;
+impl From<Vec<FieldError>> for GatewayError {
+    fn from(errors: Vec<FieldError>) -> Self {
+        GatewayError::InvalidInput(errors)
+    }
+}
+
+impl From<UpstreamFailure> for GatewayError {
+    fn from(failure: UpstreamFailure) -> Self {
+        GatewayError::Upstream(failure)
+    }
+}
+
+impl From<QuotaExceeded> for GatewayError {
+    fn from(exceeded: QuotaExceeded) -> Self {
+        GatewayError::QuotaExceeded(exceeded)
+    }
+}
+
+impl From<StoreError> for GatewayError {
+    fn from(error: StoreError) -> Self {
         match error {
-            StoreError::UserCapReached { limit } => GatewayError::QuotaExceeded(QuotaExceeded {
-                kind: QuotaKind::Outstanding,
-                tier: String::new(),
-                limit: limit as u64,
-                resets_at: None,
-            }),
+            // Only a presign's record reaches a user's cap, and its handler answers it with the
+            // tier's quota; here it can only be a bug.
+            StoreError::UserCapReached { .. } => GatewayError::Internal("unmapped user cap"),
             StoreError::Full => GatewayError::StoreFull,
             StoreError::Unavailable => GatewayError::StoreUnavailable,
             // Never overwrite what another user holds; the upstream's answer is unusable.

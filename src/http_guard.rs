@@ -10,7 +10,7 @@ use axum::{
 
 use crate::{
     error::GatewayError,
-    upstream::{PRESIGN_PATH, SUCCESS_PATH},
+    paths::{PRESIGN_PATH, SUCCESS_PATH},
 };
 
 pub async fn strict_http(request: Request, next: Next) -> Response {
@@ -23,27 +23,18 @@ pub async fn strict_http(request: Request, next: Next) -> Response {
 fn check(request: &Request) -> Result<(), GatewayError> {
     let uri = request.uri();
     if uri.scheme().is_some() || uri.authority().is_some() {
-        return Err(GatewayError::MalformedRequest {
-            code: "absolute_form_target",
-            detail: "the request target must be a path (origin-form), not a URL",
-        });
+        return Err(GatewayError::AbsoluteFormTarget);
     }
     let headers = request.headers();
     let hosts = headers.get_all(header::HOST).iter().count();
     if hosts > 1 || (hosts == 0 && request.version() == http::Version::HTTP_11) {
-        return Err(GatewayError::MalformedRequest {
-            code: "bad_host_header",
-            detail: "an HTTP/1.1 request carries exactly one Host header",
-        });
+        return Err(GatewayError::BadHostHeader);
     }
     // hyper drops Content-Length when Transfer-Encoding is present, so "both" cannot be seen
     // here; refusing every Transfer-Encoding refuses that combination too. Both routes take
     // small bodies that clients always send with Content-Length.
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(GatewayError::MalformedRequest {
-            code: "transfer_encoding_not_accepted",
-            detail: "send the body with Content-Length; Transfer-Encoding is not accepted",
-        });
+        return Err(GatewayError::TransferEncodingNotAccepted);
     }
     // HEAD is refused on the GET route too: it would presign without showing the answer.
     let (allowed, allow) = match uri.path() {

@@ -1,192 +1,62 @@
 //! kizen-gateway: an authenticating reverse proxy that lets browsers upload files through the
 //! Kizen API without ever holding the Kizen secrets.
 //!
-//! Map of the crate, in the order a request meets it:
-//! - [`server`]: the accept loop (HTTP/1.1 limits, header read timeout, graceful drain).
-//! - [`app`]: `AppState(Arc<App>)` and the router with all middleware in one function.
-//! - [`admin`]: the admin listener: health, readiness, metrics, the OpenAPI document.
-//! - [`metrics`]: the Prometheus registry and its counters.
-//! - [`observability`]: request id, access log line, audit trail, log setup.
-//! - [`http_guard`]: strict framing rules and the two-route allowlist on the raw path.
-//! - [`routes`]: `presign` and `confirm`, each readable top to bottom.
-//! - [`auth`]: the bearer-token extractor, pinned keys, JWKS cache.
-//! - [`validate`]: input rules of both routes.
-//! - [`rate_limit`]: the per-user budgets (presigns, confirmations): GCRA and its headers.
-//! - [`quota`]: per-tier quotas: open uploads, uploads and bytes per day, and their refusals.
-//! - [`store`]: the upload store trait and its backends (memory, Redis): each user's uploads,
-//!   day counters and rate budgets, checked and changed in one atomic step per request.
-//! - [`settle`]: recording a forwarded confirmation's outcome, retried while the store fails.
-//! - [`upstream`]: the constructed upstream calls and the filtering of their answers.
-//! - [`error`]: the one error type and its problem+json response.
-//! - [`telemetry`]: optional OpenTelemetry traces and W3C trace context upstream.
-//! - [`reload`]: secrets and key files re-read on change or SIGHUP.
-//! - [`config`], [`secrets`], [`clock`]: configuration, server-held secrets, time.
-//! - [`standin`], [`dev`]: the local stand-in of the Kizen API and the dev mode built on it.
+//! # The two request paths
+//! - **Presign**, `GET /api/s3/presigned-post` ([`routes::presign`]): authenticate
+//!   ([`auth`]), validate the query ([`validate`]), check the tier's quotas and spend the presign
+//!   budget in one store step ([`quota`], [`rate_limit`], [`store`]), forward ([`upstream`]),
+//!   record the issued upload ([`store`]), audit ([`observability::audit`]).
+//! - **Confirm**, `POST /api/s3/success` ([`routes::confirm`]): authenticate, validate the form,
+//!   spend the confirmation budget and claim the upload in one store step, forward, settle the
+//!   claim ([`settle`]), audit.
+//!
+//! # Layers, each using only those below it
+//! 1. Leaves: [`config`], [`secrets`], [`clock`], [`tls`], [`paths`], [`domain`] (an issued upload,
+//!    its confirmation window, the quotas), [`observability`] (logs, metrics, traces, audit).
+//! 2. Services, each with its own error type: [`auth`] (`AuthFailure`), [`validate`]
+//!    (`FieldError`), [`quota`] (`QuotaExceeded`), [`rate_limit`], [`store`] (`StoreError`),
+//!    [`upstream`] (`UpstreamFailure`), and [`settle`] and [`reload`] built on them.
+//! 3. [`error`]: every service error mapped to one HTTP problem, from one table of codes.
+//! 4. HTTP: [`state`] (`AppState(Arc<App>)`), [`http_guard`] (strict framing, the route
+//!    allowlist), [`routes`] (the handlers and their typed extractors), [`router`] (every
+//!    middleware in order), [`admin`] (health, readiness, metrics, OpenAPI), [`server`] (the accept
+//!    loop), [`run`] (listeners, background tasks, shutdown).
+//! 5. Dev mode ([`dev`], with the local stand-in of the Kizen API, [`standin`]), behind the
+//!    `dev` feature, on by default.
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod app;
 pub mod auth;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
+pub mod domain;
 pub mod error;
 pub mod http_guard;
-pub mod metrics;
 pub mod observability;
+pub mod paths;
 pub mod quota;
 pub mod rate_limit;
 pub mod reload;
+pub mod router;
 pub mod routes;
+pub mod run;
 pub mod secrets;
 pub mod server;
 pub mod settle;
+#[cfg(feature = "dev")]
 pub mod standin;
+pub mod state;
 pub mod store;
-pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod validate;
 
 #[cfg(test)]
 pub(crate) mod testing;
 
-use std::{future::Future, sync::Arc};
-
-use tokio::net::TcpListener;
-
-pub use app::{App, AppState, app};
 pub use config::Config;
-
-/// Runs the gateway on `listener` until `shutdown` resolves: fetches the JWKS (if any), starts
-/// the background sweeper, serves, then drains.
-pub async fn run(
-    listener: TcpListener,
-    app: App,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    run_with_admin(listener, None, app, shutdown).await
-}
-
-/// Like [`run`], with the admin listener (health, readiness, metrics) on `admin`. When
-/// `shutdown` resolves, readiness turns false first, then the public listener closes and
-/// in-flight requests get `server.shutdown_grace` to finish; the admin listener stays up until
-/// the drain is over.
-pub async fn run_with_admin(
-    listener: TcpListener,
-    admin: Option<TcpListener>,
-    app: App,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let state = AppState(Arc::new(app));
-    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = admin.map(|listener| {
-        let router = admin::router(state.clone());
-        tokio::spawn(async move {
-            let stopped = async {
-                let _ = admin_stopped.await;
-            };
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stopped)
-                .await
-        })
-    });
-    let jwks_refresh = state
-        .verifier
-        .start(state.config.auth.jwks.refresh_interval)
-        .await;
-    let sweeper = spawn_sweeper(state.clone());
-    let reloader = spawn_reloader(state.clone());
-    let draining = {
-        let state = state.clone();
-        async move {
-            shutdown.await;
-            state
-                .draining
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            tracing::info!("draining: readiness is now false");
-        }
-    };
-    let result = server::serve(
-        listener,
-        app::app(state.clone()),
-        &state.config.server,
-        draining,
-    )
-    .await;
-    sweeper.abort();
-    reloader.abort();
-    if let Some(task) = jwks_refresh {
-        task.abort();
-    }
-    let _ = admin_stop.send(());
-    if let Some(task) = admin_task {
-        let _ = task.await;
-    }
-    result
-}
-
-/// Forgets uploads past their memory (auditing those never confirmed) and whole rate budgets,
-/// every `store.sweep_interval`.
-fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let period = state.config.store.sweep_interval;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        loop {
-            ticker.tick().await;
-            match state.store.purge(state.clock.now()).await {
-                Ok(expired) => {
-                    for upload in &expired {
-                        observability::audit::expired(&state.metrics, upload);
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "store sweep failed"),
-            }
-        }
-    })
-}
-
-/// Re-reads secret and key files every `reload.interval` (when their content changed) and on
-/// SIGHUP (always).
-fn spawn_reloader(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let period = state.config.reload.interval;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        loop {
-            #[cfg(unix)]
-            let forced = tokio::select! {
-                _ = ticker.tick() => false,
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-            };
-            #[cfg(not(unix))]
-            let forced = {
-                ticker.tick().await;
-                false
-            };
-            if forced || state.reloader.watches_files() {
-                state.reload(if forced { "sighup" } else { "file" }, forced);
-            }
-        }
-    })
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutdown requested");
-}
+pub use router::app;
+pub use run::{run, run_with_admin, shutdown_signal};
+pub use state::{App, AppState};

@@ -9,7 +9,13 @@ use clap::{Parser, Subcommand};
 // than the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use kizen_gateway::{App, Config, config::LogConfig, dev, observability};
+use kizen_gateway::{
+    App, Config,
+    config::{ConfigError, Overrides},
+    observability::logs,
+};
+#[cfg(feature = "dev")]
+use kizen_gateway::{config::LogConfig, dev};
 
 #[derive(Parser)]
 #[command(version, about = "Authenticating gateway for Kizen file uploads")]
@@ -31,6 +37,7 @@ enum Command {
     /// Validate the configuration (keys and secrets included) and exit.
     CheckConfig,
     /// Run against a built-in local stand-in of the Kizen API, with a dev token.
+    #[cfg(feature = "dev")]
     Dev {
         /// Address of the stand-in upstream.
         #[arg(long, default_value = "127.0.0.1:8788")]
@@ -50,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(cli.config, cli.listen)),
         Command::CheckConfig => check_config(cli.config, cli.listen),
+        #[cfg(feature = "dev")]
         Command::Dev { standin_listen } => runtime.block_on(dev(cli.listen, standin_listen)),
     };
     match result {
@@ -64,11 +72,7 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn load(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<Config, String> {
-    let mut config = Config::load(file.as_deref()).map_err(|e| e.to_string())?;
-    if let Some(listen) = listen {
-        config.server.listen = listen;
-    }
-    Ok(config)
+    Config::load(file.as_deref(), &Overrides { listen }).map_err(|e: ConfigError| e.to_string())
 }
 
 fn check_config(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {
@@ -97,11 +101,8 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
             64 * 1024,
             std::io::stdout(),
         ));
-    let telemetry = observability::init_tracing_with_telemetry(
-        &config.log,
-        config.telemetry.otlp_traces,
-        stdout,
-    )?;
+    let telemetry =
+        logs::init_tracing_with_telemetry(&config.log, config.telemetry.otlp_traces, stdout)?;
     let addr = config.server.listen;
     let app = App::from_config(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -123,10 +124,11 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     served
 }
 
+#[cfg(feature = "dev")]
 async fn dev(listen: Option<SocketAddr>, standin_listen: SocketAddr) -> Result<(), String> {
     let listen = listen.unwrap_or_else(|| "127.0.0.1:8787".parse().expect("valid address"));
     let setup = dev::setup(listen, standin_listen).await?;
-    observability::init_tracing(
+    logs::init_tracing(
         &LogConfig {
             level: "info".into(),
             format: kizen_gateway::config::LogFormat::Text,

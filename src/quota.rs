@@ -12,40 +12,9 @@
 //!   confirmation that crosses it counts in full, so the day ends at most one file (plus those in
 //!   flight at once) above it. Each confirmation counts at most 2^53 - 1 bytes.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
 use time::{OffsetDateTime, Time};
 
-/// The limits of one tier. `None`: no daily limit.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TierLimits {
-    pub max_outstanding: usize,
-    pub max_uploads_per_day: Option<u64>,
-    pub max_bytes_per_day: Option<u64>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuotaConfig {
-    /// JWT claim naming the user's tier.
-    pub tier_claim: Option<String>,
-    pub default_tier: String,
-    pub tiers: BTreeMap<String, TierLimits>,
-}
-
-pub use crate::store::QuotaKind;
-
-impl QuotaKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Outstanding => "max_outstanding",
-            Self::UploadsPerDay => "max_uploads_per_day",
-            Self::BytesPerDay => "max_bytes_per_day",
-        }
-    }
-}
+use crate::{config::QuotaConfig, domain::QuotaKind};
 
 /// A refused presign: the quota, its limit, and when it frees up (`None`: when an open upload is
 /// confirmed or expires).
@@ -57,67 +26,34 @@ pub struct QuotaExceeded {
     pub resets_at: Option<OffsetDateTime>,
 }
 
-impl QuotaConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.tiers.contains_key(&self.default_tier) {
-            return Err(format!(
-                "quotas.default_tier: no tier named {:?} in [quotas.tiers]",
-                self.default_tier
-            ));
-        }
-        if self.tier_claim.as_deref() == Some("") {
-            return Err("quotas.tier_claim: must not be empty".into());
-        }
-        for (name, tier) in &self.tiers {
-            if tier.max_outstanding == 0 {
-                return Err(format!(
-                    "quotas.tiers.{name}.max_outstanding: must be at least 1"
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The tier a user's claim names, or the default for a missing or unknown one.
-    pub fn tier<'a>(&'a self, claimed: Option<&'a str>) -> (&'a str, &'a TierLimits) {
-        if let Some(name) = claimed
-            && let Some(limits) = self.tiers.get(name)
-        {
-            return (name, limits);
-        }
-        (&self.default_tier, &self.tiers[&self.default_tier])
-    }
-
-    /// The refusal a client is told when `kind` of the tier named by `claimed_tier` was reached
-    /// at `now`: the daily quotas free up at the next UTC midnight, the open-uploads cap when an
-    /// upload is confirmed or expires.
-    pub fn exceeded(
-        &self,
-        claimed_tier: Option<&str>,
-        kind: QuotaKind,
-        now: OffsetDateTime,
-    ) -> QuotaExceeded {
-        let (tier, limits) = self.tier(claimed_tier);
-        let (limit, resets_at) = match kind {
-            QuotaKind::Outstanding => (limits.max_outstanding as u64, None),
-            QuotaKind::UploadsPerDay => (
-                limits.max_uploads_per_day.unwrap_or_default(),
-                Some(next_utc_midnight(now)),
-            ),
-            QuotaKind::BytesPerDay => (
-                limits.max_bytes_per_day.unwrap_or_default(),
-                Some(next_utc_midnight(now)),
-            ),
-        };
-        QuotaExceeded {
-            kind,
-            tier: tier.to_owned(),
-            limit,
-            resets_at,
-        }
+/// The refusal a client is told when `kind` of the tier named by `claimed_tier` was reached at
+/// `now`: the daily quotas free up at the next UTC midnight, the open-uploads cap when an upload is
+/// confirmed or expires.
+pub fn exceeded(
+    quotas: &QuotaConfig,
+    claimed_tier: Option<&str>,
+    kind: QuotaKind,
+    now: OffsetDateTime,
+) -> QuotaExceeded {
+    let (tier, limits) = quotas.tier(claimed_tier);
+    let (limit, resets_at) = match kind {
+        QuotaKind::Outstanding => (limits.max_outstanding as u64, None),
+        QuotaKind::UploadsPerDay => (
+            limits.max_uploads_per_day.unwrap_or_default(),
+            Some(next_utc_midnight(now)),
+        ),
+        QuotaKind::BytesPerDay => (
+            limits.max_bytes_per_day.unwrap_or_default(),
+            Some(next_utc_midnight(now)),
+        ),
+    };
+    QuotaExceeded {
+        kind,
+        tier: tier.to_owned(),
+        limit,
+        resets_at,
     }
 }
-
 pub fn next_utc_midnight(now: OffsetDateTime) -> OffsetDateTime {
     let now = now.to_offset(time::UtcOffset::UTC);
     (now.date().next_day().unwrap_or(now.date()))
@@ -127,7 +63,10 @@ pub fn next_utc_midnight(now: OffsetDateTime) -> OffsetDateTime {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::config::TierLimits;
 
     fn config() -> QuotaConfig {
         let mut tiers = BTreeMap::new();
@@ -164,12 +103,12 @@ mod tests {
     #[test]
     fn a_refusal_names_its_tier_limit_and_reset() {
         let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-        let refused = config().exceeded(Some("pro"), QuotaKind::BytesPerDay, now);
+        let refused = exceeded(&config(), Some("pro"), QuotaKind::BytesPerDay, now);
         assert_eq!(
             (refused.tier.as_str(), refused.limit, refused.resets_at),
             ("pro", 100, Some(next_utc_midnight(now)))
         );
-        let refused = config().exceeded(Some("gold"), QuotaKind::Outstanding, now);
+        let refused = exceeded(&config(), Some("gold"), QuotaKind::Outstanding, now);
         assert_eq!(
             (refused.tier.as_str(), refused.limit, refused.resets_at),
             ("default", 2, None)

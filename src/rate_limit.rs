@@ -12,7 +12,15 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, header};
 
-use crate::error::whole_seconds_ceil;
+/// Seconds for `Retry-After` and `RateLimit-Reset`: rounded up, never 0 while waiting.
+pub fn whole_seconds_ceil(duration: Duration) -> u64 {
+    let secs = duration.as_secs();
+    if duration.subsec_nanos() > 0 {
+        secs + 1
+    } else {
+        secs
+    }
+}
 
 /// What a client is told about its budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,11 @@ use std::{
 };
 
 use crate::{
-    app::App, config::Config, metrics::ReloadLabels, secrets::SecretSource, upstream::Credentials,
+    auth::Verifier,
+    config::Config,
+    observability::metrics::{Metrics, ReloadLabels},
+    secrets::SecretSource,
+    upstream::{Credentials, UpstreamClient},
 };
 
 /// What a reload attempt did.
@@ -72,33 +76,44 @@ fn fingerprint(files: &[PathBuf]) -> u64 {
     hasher.finish()
 }
 
-impl App {
+/// What a reload replaces: the upstream credentials and the verifier's static keys.
+pub struct ReloadTargets<'a> {
+    pub config: &'a Config,
+    pub upstream: &'a UpstreamClient,
+    pub verifier: &'a Verifier,
+    pub metrics: &'a Metrics,
+}
+
+impl Reloader {
     /// Reloads secrets and keys when their files changed since the last look (or always, when
     /// `force`: SIGHUP). All or nothing.
-    pub fn reload(&self, source: &'static str, force: bool) -> ReloadOutcome {
-        let seen = fingerprint(&self.reloader.files);
+    pub fn reload(
+        &self,
+        targets: ReloadTargets<'_>,
+        source: &'static str,
+        force: bool,
+    ) -> ReloadOutcome {
+        let ReloadTargets {
+            config,
+            upstream,
+            verifier,
+            metrics,
+        } = targets;
+        let seen = fingerprint(&self.files);
         {
-            let mut last = self
-                .reloader
-                .last_seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut last = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
             if seen == *last && !force {
                 return ReloadOutcome::Unchanged;
             }
             // Remembered even when the load fails: a broken file is reported once, not per tick.
             *last = seen;
         }
-        let loaded = Credentials::load(&self.config.upstream).and_then(|credentials| {
-            Ok((
-                credentials,
-                self.verifier.load_static_keys(&self.config.auth)?,
-            ))
-        });
+        let loaded = Credentials::load(&config.upstream)
+            .and_then(|credentials| Ok((credentials, verifier.load_static_keys(&config.auth)?)));
         let outcome = match loaded {
             Ok((credentials, keys)) => {
-                self.upstream.replace_credentials(credentials);
-                self.verifier.replace_static_keys(keys);
+                upstream.replace_credentials(credentials);
+                verifier.replace_static_keys(keys);
                 tracing::info!(source, "secrets and keys reloaded");
                 ReloadOutcome::Reloaded
             }
@@ -112,7 +127,7 @@ impl App {
         } else {
             "failure"
         };
-        self.metrics
+        metrics
             .reloads
             .get_or_create(&ReloadLabels { source, result })
             .inc();

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::{
-    metrics::Metrics,
+    observability::metrics::Metrics,
     store::{ClaimRules, IssuedUpload, Lease, Settled, StoreError, StoredResponse, UploadStore},
 };
 

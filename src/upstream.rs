@@ -5,9 +5,7 @@
 
 mod echo;
 
-use std::sync::Once;
-
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header,
@@ -24,19 +22,38 @@ use hyper_util::{
 use crate::{
     auth::AuthenticatedUser,
     config::UpstreamConfig,
-    error::{GatewayError, UpstreamFailure},
+    domain::IssuedUpload,
+    observability::{
+        access::X_REQUEST_ID,
+        metrics::{Metrics, RouteLabels},
+        traces,
+    },
+    paths::{PRESIGN_PATH, SUCCESS_PATH},
     secrets::SecretHeaderValue,
-    store::IssuedUpload,
+    tls,
     validate::{ConfirmInput, PresignInput},
 };
 
-pub const PRESIGN_PATH: &str = "/api/s3/presigned-post";
-pub const SUCCESS_PATH: &str = "/api/s3/success";
+/// Why an upstream call failed, in linkerd's fixed vocabulary: 502 for a bad or refused answer,
+/// 504 for no answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Unreachable,
+    Timeout,
+    /// Not JSON, missing fields, too large, a redirect, or a leaked secret.
+    BadResponse,
+    /// Upstream 5xx.
+    ServerError,
+    /// Upstream 401/403: the gateway's own credentials are wrong.
+    CredentialsRejected,
+    /// The call could not be built from what the gateway holds (a bug, or a user id claim that is
+    /// not a header value); nothing was sent.
+    RequestNotBuilt,
+}
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_BUSINESS_ID: HeaderName = HeaderName::from_static("x-business-id");
 static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Upstream response headers a client may see. Everything else (hop-by-hop, cookies, `Location`,
 /// anything that could name a secret) is dropped.
@@ -46,14 +63,6 @@ const RESPONSE_HEADER_ALLOWLIST: [HeaderName; 4] = [
     header::CONTENT_LANGUAGE,
     header::EXPIRES,
 ];
-
-/// rustls needs one process-wide crypto provider: aws-lc-rs, the one jsonwebtoken verifies with.
-pub fn install_crypto_provider() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    });
-}
 
 /// An upstream answer the client may see: 2xx, or a 4xx that describes the client's input.
 #[derive(Debug, Clone)]
@@ -147,10 +156,10 @@ pub struct UpstreamClient {
     /// The base URL's path without its trailing `/` ("" for a bare host).
     base_path: String,
     request_timeout: Duration,
-    credentials: std::sync::RwLock<std::sync::Arc<Credentials>>,
+    credentials: std::sync::RwLock<Arc<Credentials>>,
     forward_headers: Vec<HeaderName>,
     max_response_bytes: usize,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -163,20 +172,18 @@ impl std::fmt::Debug for UpstreamClient {
 
 impl UpstreamClient {
     /// Loads the secrets and builds the pooled client. Errors name the option, never a value.
-    pub fn new(
-        config: &UpstreamConfig,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
-    ) -> Result<Self, String> {
-        install_crypto_provider();
+    pub fn new(config: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        tls::install_crypto_provider();
         let base: Uri = config
             .base_url
+            .as_str()
             .parse()
             .map_err(|e| format!("upstream.base_url: {e}"))?;
         let (Some(scheme), Some(authority)) = (base.scheme().cloned(), base.authority().cloned())
         else {
             return Err("upstream.base_url: must be an absolute http(s) URL".into());
         };
-        let tls = {
+        let tls_config = {
             use rustls_platform_verifier::BuilderVerifierExt;
             rustls::ClientConfig::builder()
                 .with_platform_verifier()
@@ -188,7 +195,7 @@ impl UpstreamClient {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls_config)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -202,11 +209,11 @@ impl UpstreamClient {
             authority,
             base_path: base.path().trim_end_matches('/').to_owned(),
             request_timeout: config.request_timeout,
-            credentials: std::sync::RwLock::new(std::sync::Arc::new(Credentials::load(config)?)),
+            credentials: std::sync::RwLock::new(Arc::new(Credentials::load(config)?)),
             forward_headers: config
                 .forward_headers
                 .iter()
-                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .map(|header| header.0.clone())
                 .collect(),
             max_response_bytes: config.max_response_bytes,
             metrics,
@@ -219,7 +226,7 @@ impl UpstreamClient {
         user: &AuthenticatedUser,
         client_headers: &HeaderMap,
         request_id: &str,
-    ) -> Result<UpstreamAnswer, GatewayError> {
+    ) -> Result<UpstreamAnswer, UpstreamFailure> {
         let query = form_urlencoded::Serializer::new(String::with_capacity(128))
             .append_pair("contenttype", &input.contenttype)
             .append_pair("filename", &input.filename)
@@ -241,7 +248,7 @@ impl UpstreamClient {
         user: &AuthenticatedUser,
         client_headers: &HeaderMap,
         request_id: &str,
-    ) -> Result<UpstreamAnswer, GatewayError> {
+    ) -> Result<UpstreamAnswer, UpstreamFailure> {
         let credentials = self.credentials();
         let query = form_urlencoded::Serializer::new(String::with_capacity(48))
             .append_pair("source", &upload.source)
@@ -274,7 +281,7 @@ impl UpstreamClient {
         query: &str,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Result<Request<Full<Bytes>>, GatewayError> {
+    ) -> Result<Request<Full<Bytes>>, UpstreamFailure> {
         let mut path_and_query =
             String::with_capacity(self.base_path.len() + path.len() + 1 + query.len());
         path_and_query.push_str(&self.base_path);
@@ -285,10 +292,11 @@ impl UpstreamClient {
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(
-                PathAndQuery::try_from(path_and_query).map_err(|_| GatewayError::Internal)?,
+                PathAndQuery::try_from(path_and_query)
+                    .map_err(|_| UpstreamFailure::RequestNotBuilt)?,
             )
             .build()
-            .map_err(|_| GatewayError::Internal)?;
+            .map_err(|_| UpstreamFailure::RequestNotBuilt)?;
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
         *request.uri_mut() = uri;
@@ -300,7 +308,7 @@ impl UpstreamClient {
     }
 
     /// The credentials in force now (one snapshot per upstream call).
-    pub fn credentials(&self) -> std::sync::Arc<Credentials> {
+    pub fn credentials(&self) -> Arc<Credentials> {
         self.credentials
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -309,8 +317,7 @@ impl UpstreamClient {
 
     /// Puts new credentials in force for every call that starts from now on.
     pub fn replace_credentials(&self, credentials: Credentials) {
-        *self.credentials.write().unwrap_or_else(|p| p.into_inner()) =
-            std::sync::Arc::new(credentials);
+        *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
     }
 
     fn headers(
@@ -319,7 +326,7 @@ impl UpstreamClient {
         user: &AuthenticatedUser,
         client: &HeaderMap,
         request_id: &str,
-    ) -> Result<HeaderMap, GatewayError> {
+    ) -> Result<HeaderMap, UpstreamFailure> {
         let mut headers = HeaderMap::with_capacity(8);
         // Headers the client named in `Connection` are hop-by-hop: never passed on.
         let hop_by_hop: Vec<String> = client
@@ -352,15 +359,15 @@ impl UpstreamClient {
         let user_id = match (&credentials.user_id, &user.upstream_user_id) {
             (Some(constant), _) => constant.header_value().clone(),
             (None, Some(from_claim)) => {
-                let mut value =
-                    HeaderValue::from_str(from_claim).map_err(|_| GatewayError::Internal)?;
+                let mut value = HeaderValue::from_str(from_claim)
+                    .map_err(|_| UpstreamFailure::RequestNotBuilt)?;
                 value.set_sensitive(true);
                 value
             }
-            (None, None) => return Err(GatewayError::Internal),
+            (None, None) => return Err(UpstreamFailure::RequestNotBuilt),
         };
         headers.insert(X_USER_ID.clone(), user_id);
-        crate::telemetry::propagate(&mut headers, client);
+        traces::propagate(&mut headers, client);
         Ok(headers)
     }
 
@@ -369,18 +376,18 @@ impl UpstreamClient {
         credentials: &Credentials,
         route: &'static str,
         request: Request<Full<Bytes>>,
-    ) -> Result<UpstreamAnswer, GatewayError> {
+    ) -> Result<UpstreamAnswer, UpstreamFailure> {
         let started = std::time::Instant::now();
         // One deadline for the whole exchange, answer body included.
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
                 // hyper's errors name the peer at most, never the request's headers.
                 tracing::warn!(route, connect = e.is_connect(), error = %e, "upstream call failed");
-                GatewayError::Upstream(UpstreamFailure::Unreachable)
+                UpstreamFailure::Unreachable
             })?;
             let (parts, body) = response.into_parts();
             let body = self.read_body(route, &parts.headers, body).await?;
-            Ok::<_, GatewayError>((parts.status, parts.headers, body))
+            Ok::<_, UpstreamFailure>((parts.status, parts.headers, body))
         };
         let (status, upstream_headers, body) =
             match tokio::time::timeout(self.request_timeout, exchange).await {
@@ -391,13 +398,13 @@ impl UpstreamClient {
                         timeout_ms = self.request_timeout.as_millis() as u64,
                         "upstream call timed out"
                     );
-                    return Err(GatewayError::Upstream(UpstreamFailure::Timeout));
+                    return Err(UpstreamFailure::Timeout);
                 }
             };
         let headers = filter_headers(credentials, &upstream_headers);
         self.metrics
             .upstream_duration
-            .get_or_create(&crate::metrics::RouteLabels { route })
+            .get_or_create(&RouteLabels { route })
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(
             route,
@@ -412,7 +419,7 @@ impl UpstreamClient {
                 status = status.as_u16(),
                 "upstream answer contained the API key; withheld"
             );
-            return Err(GatewayError::Upstream(UpstreamFailure::BadResponse));
+            return Err(UpstreamFailure::BadResponse);
         }
         match status.as_u16() {
             200..=299 => Ok(UpstreamAnswer {
@@ -426,7 +433,7 @@ impl UpstreamClient {
                     status = status.as_u16(),
                     "upstream refused the gateway's credentials: check upstream.api_key, business_id and user_id"
                 );
-                Err(GatewayError::Upstream(UpstreamFailure::CredentialsRejected))
+                Err(UpstreamFailure::CredentialsRejected)
             }
             400..=499 => Ok(UpstreamAnswer {
                 status,
@@ -439,13 +446,13 @@ impl UpstreamClient {
                     status = status.as_u16(),
                     "upstream answered with a redirect; not followed"
                 );
-                Err(GatewayError::Upstream(UpstreamFailure::BadResponse))
+                Err(UpstreamFailure::BadResponse)
             }
             500..=599 => {
                 tracing::warn!(route, status = status.as_u16(), "upstream server error");
-                Err(GatewayError::Upstream(UpstreamFailure::ServerError))
+                Err(UpstreamFailure::ServerError)
             }
-            _ => Err(GatewayError::Upstream(UpstreamFailure::BadResponse)),
+            _ => Err(UpstreamFailure::BadResponse),
         }
     }
 
@@ -454,14 +461,14 @@ impl UpstreamClient {
         route: &'static str,
         headers: &HeaderMap,
         body: hyper::body::Incoming,
-    ) -> Result<Bytes, GatewayError> {
+    ) -> Result<Bytes, UpstreamFailure> {
         let too_large = || {
             tracing::warn!(
                 route,
                 limit = self.max_response_bytes,
                 "upstream answer too large"
             );
-            GatewayError::Upstream(UpstreamFailure::BadResponse)
+            UpstreamFailure::BadResponse
         };
         let declared = headers
             .get(header::CONTENT_LENGTH)
@@ -475,7 +482,7 @@ impl UpstreamClient {
             Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
             Err(error) => {
                 tracing::warn!(route, %error, "reading the upstream answer failed");
-                Err(GatewayError::Upstream(UpstreamFailure::BadResponse))
+                Err(UpstreamFailure::BadResponse)
             }
         }
     }
@@ -483,7 +490,7 @@ impl UpstreamClient {
 
 /// A client span per Kizen call; its context is what `traceparent` carries upstream.
 fn upstream_span(route: &'static str) -> tracing::Span {
-    if !crate::telemetry::spans_consumed() {
+    if !traces::spans_consumed() {
         return tracing::Span::none();
     }
     tracing::info_span!("upstream", otel.name = %format_args!("kizen {route}"), otel.kind = "client", route)

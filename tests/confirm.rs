@@ -558,7 +558,7 @@ mod settler {
     };
 
     use kizen_gateway::{
-        metrics::Metrics,
+        observability::metrics::Metrics,
         rate_limit::RateLimit,
         settle::{Settlement, Settler},
         store::{ClaimOutcome, ClaimRules, IssuedUpload, Lease, StoredResponse, UploadStore},

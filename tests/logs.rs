@@ -154,7 +154,7 @@ impl Flow<'_> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_carry_no_secret_and_no_token_and_every_request_is_accounted_for() {
     let capture = Capture::default();
-    kizen_gateway::observability::init_tracing(
+    kizen_gateway::observability::logs::init_tracing(
         &LogConfig {
             level: "trace".into(),
             format: LogFormat::Json,

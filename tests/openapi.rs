@@ -23,7 +23,10 @@ use std::{
 };
 
 use common::faulty_store::FaultyStore;
-use kizen_gateway::standin::{Endpoint, Scripted};
+use kizen_gateway::{
+    error::{ErrorCode, RetryAfter},
+    standin::{Endpoint, Scripted},
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -578,6 +581,16 @@ fn check_invariants(exchange: &Exchange) -> Vec<String> {
             body["status"], exchange.status
         ));
     }
+    // Retry-After comes with exactly the codes whose row in the table says so.
+    match ErrorCode::ALL.iter().find(|row| row.as_str() == code) {
+        Some(row) => {
+            let promised = row.retry_after() != RetryAfter::Never;
+            if exchange.header("retry-after").is_some() != promised {
+                violations.push(format!("{code}: retry-after should be present: {promised}"));
+            }
+        }
+        None => violations.push(format!("{code} is not in the table of codes")),
+    }
     let mut expect = |header: &str, present: bool| {
         if exchange.header(header).is_some() != present {
             violations.push(format!(
@@ -608,9 +621,6 @@ fn check_invariants(exchange: &Exchange) -> Vec<String> {
             if !body["quota"]["resets_at"].is_null() {
                 violations.push(format!("{code}: quota.resets_at should be absent"));
             }
-        }
-        "confirmation_in_progress" | "overloaded" | "store_full" | "store_unavailable" => {
-            expect("retry-after", true);
         }
         c if c.starts_with("token_") => expect("www-authenticate", true),
         "method_not_allowed" => expect("allow", true),
@@ -1620,137 +1630,27 @@ async fn every_response_conforms_to_the_spec() {
 // The document on its own, and against the source
 // ---------------------------------------------------------------------------------------------
 
-fn read_source(relative: &str) -> String {
-    std::fs::read_to_string(manifest_path(relative))
-        .unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
-}
-
-fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            rust_sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
-/// The text of the body of the first `fn <name>(` in `source` (braces matched; the bodies this
-/// is used on hold no braces inside string literals).
-fn fn_body<'a>(source: &'a str, name: &str) -> &'a str {
-    let start = source
-        .find(&format!("fn {name}("))
-        .unwrap_or_else(|| panic!("no fn {name}( in the source"));
-    let open = start + source[start..].find('{').expect("a body");
-    let mut depth = 0;
-    for (i, c) in source[open..].char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return &source[open..open + i + 1];
-                }
-            }
-            _ => {}
-        }
-    }
-    panic!("unbalanced fn {name}");
-}
-
-/// Every string literal that directly follows `marker` in `text`.
-fn literals_after(text: &str, marker: &str) -> Vec<String> {
-    text.match_indices(marker)
-        .filter_map(|(i, _)| {
-            let rest = text[i + marker.len()..].trim_start();
-            let rest = rest.strip_prefix('"')?;
-            Some(rest[..rest.find('"')?].to_owned())
-        })
+/// Every problem code the gateway can answer with: its table of codes.
+fn source_problem_codes() -> BTreeSet<String> {
+    kizen_gateway::error::ErrorCode::ALL
+        .iter()
+        .map(|code| code.as_str().to_owned())
         .collect()
 }
 
-fn is_code(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-}
-
-/// The problem codes the source can produce: `code()` of error.rs and of `AuthFailure`, and the
-/// `code` of every `MalformedRequest` built anywhere in src/.
-fn source_problem_codes() -> BTreeSet<String> {
-    let error_rs = read_source("src/error.rs");
-    let auth_rs = read_source("src/auth/mod.rs");
-    let mut codes: BTreeSet<String> = literals_after(fn_body(&error_rs, "code"), "=>")
-        .into_iter()
-        .chain(literals_after(fn_body(&auth_rs, "code"), "=>"))
-        .collect();
-    let mut files = Vec::new();
-    rust_sources(&manifest_path("src"), &mut files);
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for (i, _) in text.match_indices("MalformedRequest {") {
-            let literal = &text[i..];
-            let literal = &literal[..literal.find('}').unwrap_or(literal.len())];
-            codes.extend(literals_after(literal, "code:"));
-        }
-    }
-    assert!(
-        codes.iter().all(|c| is_code(c)),
-        "odd codes scanned: {codes:?}"
-    );
-    codes
-}
-
-/// The field error codes `FieldError::new(field, "code", ...)` is called with anywhere in src/.
+/// Every field error code validation can report.
 fn source_field_error_codes() -> BTreeSet<String> {
-    let mut files = Vec::new();
-    rust_sources(&manifest_path("src"), &mut files);
-    let mut codes = BTreeSet::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for (i, _) in text.match_indices("FieldError::new(") {
-            let args = &text[i + "FieldError::new(".len()..];
-            let Some(comma) = args.find(',') else {
-                continue;
-            };
-            if let Some(code) = literals_after(&args[comma..], ",").into_iter().next() {
-                codes.insert(code);
-            }
-        }
-    }
-    codes
+    kizen_gateway::validate::FieldErrorCode::ALL
+        .iter()
+        .map(|code| code.as_str().to_owned())
+        .collect()
 }
 
-/// The statuses `GatewayError::status()` can give.
+/// The statuses the gateway's problems can have: those of its table of codes.
 fn source_statuses() -> BTreeSet<u16> {
-    let error_rs = read_source("src/error.rs");
-    let body = fn_body(&error_rs, "status");
-    body.match_indices("StatusCode::")
-        .map(|(i, _)| {
-            let name: String = body[i + "StatusCode::".len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_uppercase() || *c == '_')
-                .collect();
-            match name.as_str() {
-                "BAD_REQUEST" => 400,
-                "UNAUTHORIZED" => 401,
-                "FORBIDDEN" => 403,
-                "NOT_FOUND" => 404,
-                "METHOD_NOT_ALLOWED" => 405,
-                "CONFLICT" => 409,
-                "GONE" => 410,
-                "PAYLOAD_TOO_LARGE" => 413,
-                "UNSUPPORTED_MEDIA_TYPE" => 415,
-                "UNPROCESSABLE_ENTITY" => 422,
-                "TOO_MANY_REQUESTS" => 429,
-                "INTERNAL_SERVER_ERROR" => 500,
-                "BAD_GATEWAY" => 502,
-                "SERVICE_UNAVAILABLE" => 503,
-                "GATEWAY_TIMEOUT" => 504,
-                other => {
-                    panic!("StatusCode::{other} in error.rs: add it to this table and to the spec")
-                }
-            }
-        })
+    kizen_gateway::error::ErrorCode::ALL
+        .iter()
+        .map(|code| code.status().as_u16())
         .collect()
 }
 
@@ -1878,8 +1778,8 @@ fn the_spec_is_well_formed() {
         .map(|p| p.keys().map(String::as_str).collect())
         .unwrap_or_default();
     let expected: BTreeSet<&str> = [
-        kizen_gateway::upstream::PRESIGN_PATH,
-        kizen_gateway::upstream::SUCCESS_PATH,
+        kizen_gateway::paths::PRESIGN_PATH,
+        kizen_gateway::paths::SUCCESS_PATH,
     ]
     .into();
     if paths != expected {
@@ -2018,7 +1918,7 @@ fn the_spec_is_well_formed() {
 
     // Every header a browser may read is documented on some response.
     let headers = documented_headers(&spec);
-    for exposed in kizen_gateway::app::EXPOSED_HEADERS {
+    for exposed in kizen_gateway::router::EXPOSED_HEADERS {
         if !headers.contains(exposed) {
             problems.push(format!(
                 "exposed header {exposed} is documented on no response"

@@ -38,7 +38,7 @@ use std::{
 use serde_json::{Map, Value};
 
 use super::AuthenticatedUser;
-use crate::metrics::Metrics;
+use crate::observability::metrics::Metrics;
 
 /// Shards of the map: enough that requests on many cores rarely meet on one lock.
 const SHARDS: usize = 16;

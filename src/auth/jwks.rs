@@ -43,7 +43,7 @@ pub struct JwksCache {
     token_cache: Option<Arc<TokenCache>>,
     /// The unknown-`kid` refetch. Locked only to read or update it, never across a fetch.
     refetch: Mutex<Refetch>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::observability::metrics::Metrics>,
 }
 
 #[derive(Default)]
@@ -78,12 +78,12 @@ impl JwksCache {
         config: &JwksConfig,
         url: &str,
         rules: ClaimRules,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::observability::metrics::Metrics>,
         token_cache: Option<Arc<TokenCache>>,
     ) -> Result<Self, String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("auth.jwks.url: {e}"))?;
         // Built before the upstream client: the provider must be installed here too.
-        crate::upstream::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.fetch_timeout)
@@ -93,7 +93,7 @@ impl JwksCache {
         Ok(Self {
             url,
             client,
-            rsa_default: super::keys::parse_rsa_algorithm(&config.rsa_algorithm)?,
+            rsa_default: config.rsa_algorithm.0,
             rules,
             refetch_cooldown: config.refetch_cooldown,
             fetch_timeout: config.fetch_timeout,
@@ -108,7 +108,7 @@ impl JwksCache {
     fn count_refresh(&self, result: &'static str) {
         self.metrics
             .jwks_refreshes
-            .get_or_create(&crate::metrics::ResultLabels { result })
+            .get_or_create(&crate::observability::metrics::ResultLabels { result })
             .inc();
     }
 

@@ -1,6 +1,6 @@
 //! Verification keys: each pins one algorithm, parsed once at start (or once per JWKS fetch).
 
-use std::{str::FromStr, sync::Arc};
+use std::sync::Arc;
 
 use jsonwebtoken::{
     Algorithm, AlgorithmFamily, DecodingKey, Validation,
@@ -145,41 +145,6 @@ impl KeySet {
     }
 }
 
-/// Parses an algorithm name exactly as JOSE spells it; `none` in any spelling is refused.
-pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
-    if name.eq_ignore_ascii_case("none") {
-        return Err("\"none\" is never accepted".into());
-    }
-    Algorithm::from_str(name).map_err(|_| {
-        format!("{name:?} is not one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA")
-    })
-}
-
-pub fn parse_rsa_algorithm(name: &str) -> Result<Algorithm, String> {
-    let algorithm = parse_algorithm(name)?;
-    if algorithm.family() != AlgorithmFamily::Rsa {
-        return Err(format!("{name:?} is not an RSA algorithm"));
-    }
-    Ok(algorithm)
-}
-
-/// The shape rules of one `[[auth.keys]]` entry (the files are read later, by [`load_static_keys`]).
-pub fn check_static_key_config(key: &StaticKeyConfig) -> Result<(), String> {
-    let algorithm = parse_algorithm(&key.algorithm)?;
-    let hmac = algorithm.family() == AlgorithmFamily::Hmac;
-    match (hmac, &key.secret, &key.public_key_file) {
-        (true, Some(_), None) | (false, None, Some(_)) => Ok(()),
-        (true, _, _) => Err(format!(
-            "{} needs `secret` (and no public_key_file)",
-            key.algorithm
-        )),
-        (false, _, _) => Err(format!(
-            "{} needs `public_key_file` (and no secret)",
-            key.algorithm
-        )),
-    }
-}
-
 /// Reads and parses every configured static key. Errors name the key and never its material.
 pub fn load_static_keys(auth: &AuthConfig, rules: &ClaimRules) -> Result<KeySet, String> {
     let mut keys = Vec::with_capacity(auth.keys.len());
@@ -194,8 +159,8 @@ fn load_static_key(
     config: &StaticKeyConfig,
     rules: &ClaimRules,
 ) -> Result<VerificationKey, String> {
-    check_static_key_config(config)?;
-    let algorithm = parse_algorithm(&config.algorithm)?;
+    config.check_material()?;
+    let algorithm = config.algorithm.0;
     let key = if let Some(secret) = &config.secret {
         use secrecy::ExposeSecret;
         let secret = secret.load()?;

@@ -1,11 +1,11 @@
 //! End-user authentication: `Authorization: Bearer <JWT>`, verified against keys whose algorithm
-//! is pinned by configuration, never by the token. [`AuthenticatedUser`] is the extractor.
+//! is pinned by configuration, never by the token. [`Verifier::verify`] turns a token into an [`AuthenticatedUser`].
 //!
 //! Order of work for one token, cheapest first, so that floods of junk cost little:
 //! size cap, shape (three base64url segments), the verified-token cache ([`cache`]: a token that
 //! verified before is accepted again while its time claims hold), header (known `alg`, no `crit`),
 //! a key that serves this `alg`/`kid`, `exp` read without verification, then one signature check
-//! per candidate key, then the claims.
+//! per candidate key, then the claims. The bearer extractor is [`crate::routes::extract`]'s.
 //!
 //! Every time check of ours (the `exp` pre-check, `iat`, the cache's rechecks) reads the
 //! verifier's clock, the system clock; jsonwebtoken checks `exp` and `nbf` against the system
@@ -17,16 +17,13 @@ pub mod keys;
 
 use std::sync::Arc;
 
-use axum::{extract::FromRequestParts, http::request::Parts};
 use jsonwebtoken::{Algorithm, errors::ErrorKind};
 use serde_json::{Map, Value};
 
 use crate::{
-    app::AppState,
     clock::{Clock, SystemClock},
     config::AuthConfig,
-    error::GatewayError,
-    observability::RequestUser,
+    observability::metrics::Metrics,
 };
 use cache::{Lookup, TokenCache, TokenTimes};
 use jwks::JwksCache;
@@ -48,21 +45,8 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Missing => "token_missing",
-            Self::Malformed => "token_malformed",
-            Self::Unsupported => "token_unsupported",
-            Self::UnknownKey => "token_unknown_key",
-            Self::BadSignature => "token_bad_signature",
-            Self::Expired => "token_expired",
-            Self::NotYetValid => "token_not_yet_valid",
-            Self::WrongIssuer => "token_wrong_issuer",
-            Self::WrongAudience => "token_wrong_audience",
-            Self::MissingClaim => "token_missing_claim",
-        }
-    }
-
+    /// What is wrong with the token, for the problem's `detail`: the class of problem, never
+    /// the token.
     pub fn detail(self) -> &'static str {
         match self {
             Self::Missing => "send the end user's token as `Authorization: Bearer <JWT>`",
@@ -78,12 +62,6 @@ impl AuthFailure {
             Self::WrongAudience => "the token's audience is not accepted",
             Self::MissingClaim => "the token lacks a required claim",
         }
-    }
-}
-
-impl From<AuthFailure> for GatewayError {
-    fn from(failure: AuthFailure) -> Self {
-        GatewayError::Unauthorized(failure)
     }
 }
 
@@ -140,7 +118,7 @@ impl Verifier {
         auth: &AuthConfig,
         upstream_user_id_claim: Option<String>,
         tier_claim: Option<String>,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let rules = ClaimRules::from_config(auth);
         let static_keys = std::sync::RwLock::new(Arc::new(keys::load_static_keys(auth, &rules)?));
@@ -154,7 +132,7 @@ impl Verifier {
         let jwks = match &auth.jwks.url {
             Some(url) => Some(Arc::new(JwksCache::new(
                 &auth.jwks,
-                url,
+                url.as_str(),
                 rules.for_issuer(auth.jwks.issuer.as_deref()),
                 metrics,
                 token_cache.clone(),
@@ -425,31 +403,6 @@ fn verify_with(token: &str, key: &VerificationKey) -> Result<Map<String, Value>,
         })
 }
 
-impl FromRequestParts<AppState> for AuthenticatedUser {
-    type Rejection = GatewayError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let mut values = parts.headers.get_all(http::header::AUTHORIZATION).iter();
-        let value = values.next().ok_or(AuthFailure::Missing)?;
-        if values.next().is_some() {
-            return Err(AuthFailure::Malformed.into());
-        }
-        let value = value.to_str().map_err(|_| AuthFailure::Malformed)?;
-        let (scheme, token) = value.split_once(' ').ok_or(AuthFailure::Malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthFailure::Missing.into());
-        }
-        let user = state.verifier.verify(token.trim_matches(' ')).await?;
-        if let Some(slot) = parts.extensions.get::<RequestUser>() {
-            slot.set(&user.id);
-        }
-        Ok(user)
-    }
-}
-
 #[cfg(test)]
 impl Verifier {
     /// The same verifier reading `clock` for its time checks (jsonwebtoken still reads the system
@@ -469,7 +422,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{clock::ManualClock, config::Config, metrics::Metrics};
+    use crate::{clock::ManualClock, config::Config, observability::metrics::Metrics};
 
     const SECRET: &str = "unit-test-hs256-secret-0123456789abcdef";
 
@@ -495,7 +448,7 @@ mod tests {
     }
 
     fn now() -> u64 {
-        crate::observability::seconds_since_epoch()
+        crate::clock::seconds_since_epoch()
     }
 
     fn hs256(claims: &Value) -> String {
@@ -580,7 +533,7 @@ mod tests {
 
         // The RS256 key is rotated out: only the HMAC key is left.
         let mut auth = auth_config("");
-        auth.keys.retain(|key| key.algorithm == "HS256");
+        auth.keys.retain(|key| key.algorithm.is_hmac());
         verifier.replace_static_keys(verifier.load_static_keys(&auth).unwrap());
         assert_eq!(cached(&verifier), 0);
         assert_eq!(

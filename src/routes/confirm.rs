@@ -1,29 +1,29 @@
-//! `POST /api/s3/success`: authenticate, validate, then in one store step spend the user's
-//! confirmation budget and claim the upload atomically (owner, key, window, attempt backoff, daily
-//! quotas), forward, then settle the claim: consume it
-//! (upstream 2xx) or release it (anything else) so that the user can retry. The settle is retried
-//! in the background if the store fails (see [`crate::settle`]); until it lands the upload is never
-//! forwarded again.
+//! `POST /api/s3/success`, in this order: authenticate, validate the form, then in one store step
+//! spend the user's confirmation budget and claim the upload (owner, key, window, attempt backoff,
+//! daily quotas), forward, then settle the claim: consume it (upstream 2xx) or release it
+//! (anything else) so that the user can retry; audit. The settle is retried in the background if
+//! the store fails (see [`crate::settle`]); until it lands the upload is never forwarded again.
 
 use axum::{
     Extension,
-    body::Body,
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::upstream_response;
+use super::{extract::ConfirmForm, upstream_response};
 use crate::{
-    app::AppState,
     auth::AuthenticatedUser,
     error::GatewayError,
-    observability::{Outcome, RequestId, audit},
+    observability::{
+        access::{Outcome, RequestId},
+        audit,
+    },
+    quota,
     settle::Settlement,
+    state::AppState,
     store::{Claim, ClaimOutcome, ClaimRules, StoredResponse},
-    validate,
 };
 
 /// Marks an answer replayed from a confirmation that already succeeded.
@@ -34,14 +34,8 @@ pub async fn confirm(
     Extension(request_id): Extension<RequestId>,
     user: AuthenticatedUser,
     headers: HeaderMap,
-    body: Body,
+    ConfirmForm(input): ConfirmForm,
 ) -> Result<Response, GatewayError> {
-    if !validate::is_form_content_type(headers.get(header::CONTENT_TYPE)) {
-        return Err(GatewayError::UnsupportedMediaType);
-    }
-    let body = read_limited(body, &headers, state.config.confirm.max_body_bytes).await?;
-    let input = validate::confirm(&body).map_err(GatewayError::InvalidInput)?;
-
     // The confirmation budget, then the claim, in one step of the store.
     let now = state.clock.now();
     let (_, tier) = state.config.quotas.tier(user.tier.as_deref());
@@ -80,26 +74,28 @@ pub async fn confirm(
                 ClaimOutcome::BackingOff { until } => GatewayError::AttemptsExhausted {
                     retry_after: (until - now).try_into().unwrap_or_default(),
                 },
-                ClaimOutcome::DailyQuotaReached(kind) => GatewayError::QuotaExceeded(
-                    state
-                        .config
-                        .quotas
-                        .exceeded(user.tier.as_deref(), kind, now),
-                ),
+                ClaimOutcome::DailyQuotaReached(kind) => {
+                    let quotas = &state.config.quotas;
+                    quota::exceeded(quotas, user.tier.as_deref(), kind, now).into()
+                }
                 _ => GatewayError::AlreadyConfirmed,
             };
             audit::rejected(
                 &state.metrics,
                 &user.id,
                 &input.uuid,
-                error.code(),
+                error.code().as_str(),
                 &request_id.0,
             );
             return Err(error);
         }
     };
 
-    let is_public = input.is_public && confirm.public_sources.contains(&upload.source);
+    let is_public = input.is_public
+        && confirm
+            .public_sources
+            .iter()
+            .any(|source| source.as_str() == upload.source);
 
     // The forward and the settle run in a task of their own: a client that hangs up must not
     // cancel them halfway and leave the claim unsettled.
@@ -140,7 +136,7 @@ pub async fn confirm(
             other => {
                 let reason = match &other {
                     Ok(_) => "upstream_rejected_input",
-                    Err(error) => error.code(),
+                    Err(failure) => GatewayError::from(*failure).code().as_str(),
                 };
                 audit::rejected(
                     &state.metrics,
@@ -155,24 +151,8 @@ pub async fn confirm(
         budget.write(response.headers_mut());
         Ok(response)
     });
-    task.await.map_err(|_| GatewayError::Internal)?
-}
-
-async fn read_limited(
-    body: Body,
-    headers: &HeaderMap,
-    limit: usize,
-) -> Result<Bytes, GatewayError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(GatewayError::PayloadTooLarge { limit });
-    }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| GatewayError::PayloadTooLarge { limit })
+    task.await
+        .map_err(|_| GatewayError::Internal("the confirmation task panicked"))?
 }
 
 /// The stored object's `size_bytes`, counted toward the daily byte quota (0 when absent; the

@@ -1,7 +1,9 @@
-//! The two client-facing routes, one file each. Each handler reads top to bottom:
-//! authenticate, validate, limit, forward, record.
+//! The two client-facing routes, one file each, and their typed inputs ([`extract`]). Each handler
+//! reads top to bottom: authenticate, validate, quota and rate limit (one store step), forward,
+//! record, audit.
 
 pub mod confirm;
+pub mod extract;
 pub mod presign;
 
 use axum::{
@@ -9,10 +11,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{observability::Outcome, upstream::UpstreamAnswer};
+use crate::{observability::access::Outcome, upstream::UpstreamAnswer};
 
 /// The client's view of an upstream answer: its status, body and allowlisted headers.
-fn upstream_response(answer: crate::upstream::UpstreamAnswer, outcome: &'static str) -> Response {
+fn upstream_response(answer: UpstreamAnswer, outcome: &'static str) -> Response {
     let UpstreamAnswer {
         status,
         headers,

@@ -1,40 +1,33 @@
-//! `GET /api/s3/presigned-post`: authenticate, validate, check the tier's quotas and spend the
-//! user's presign budget (one store step), forward, record what was issued, answer with the
-//! upstream's body.
+//! `GET /api/s3/presigned-post`, in this order: authenticate, validate the query, check the tier's
+//! quotas and then spend the user's presign budget (one store step, so that a presign refused by a
+//! quota spends no budget), forward, record what was issued (the open-uploads cap checked again,
+//! atomically), audit, answer with the upstream's body.
 
-use axum::{
-    Extension,
-    extract::State,
-    http::{HeaderMap, Uri},
-    response::Response,
-};
+use axum::{Extension, extract::State, http::HeaderMap, response::Response};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::upstream_response;
+use super::{extract::PresignQuery, upstream_response};
 use crate::{
-    app::AppState,
     auth::AuthenticatedUser,
-    error::{GatewayError, UpstreamFailure},
-    observability::{RequestId, audit},
-    quota::QuotaKind,
-    store::{Admission, IssuedUpload, PresignRules, StoreError},
-    validate,
+    domain::{IssuedUpload, QuotaKind},
+    error::GatewayError,
+    observability::{access::RequestId, audit},
+    quota,
+    state::AppState,
+    store::{Admission, PresignRules, StoreError},
+    upstream::UpstreamFailure,
 };
 
 pub async fn presign(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
     user: AuthenticatedUser,
-    uri: Uri,
+    PresignQuery(input): PresignQuery,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
-    let input = validate::presign(uri.query(), &state.config.presign)
-        .map_err(GatewayError::InvalidInput)?;
-
-    // Quotas, then the rate limit, in one step of the store: a presign refused by a quota spends
-    // no rate budget.
+    // Quotas, then the rate limit, in one step of the store.
     let now = state.clock.now();
     let quotas = &state.config.quotas;
     let (_, tier) = quotas.tier(user.tier.as_deref());
@@ -53,8 +46,7 @@ pub async fn presign(
             });
         }
         Admission::QuotaReached(kind) => {
-            let refused = quotas.exceeded(user.tier.as_deref(), kind, now);
-            return Err(GatewayError::QuotaExceeded(refused));
+            return Err(quota::exceeded(quotas, user.tier.as_deref(), kind, now).into());
         }
     };
 
@@ -76,22 +68,16 @@ pub async fn presign(
         user: user.id,
         source: input.source,
         issued_at: now,
-        window_end: state.confirmation_window_end(now, issued.expires_at),
+        window_end: state.confirmation_window().end(now, issued.expires_at),
     };
     // The cap is checked again inside the store's atomic record, so that concurrent presigns
     // cannot overshoot it.
-    state
-        .store
-        .record(&upload, tier.max_outstanding, now)
-        .await
-        .map_err(|error| match error {
-            StoreError::UserCapReached { .. } => GatewayError::QuotaExceeded(quotas.exceeded(
-                user.tier.as_deref(),
-                QuotaKind::Outstanding,
-                now,
-            )),
-            other => other.into(),
-        })?;
+    let recorded = state.store.record(&upload, tier.max_outstanding, now).await;
+    if let Err(StoreError::UserCapReached { .. }) = recorded {
+        let kind = QuotaKind::Outstanding;
+        return Err(quota::exceeded(quotas, user.tier.as_deref(), kind, now).into());
+    }
+    recorded?;
     audit::issued(&state.metrics, &upload, &request_id.0);
 
     let mut response = upstream_response(answer, "issued");
@@ -107,7 +93,7 @@ struct PresignAnswer {
 }
 
 impl PresignAnswer {
-    fn parse(body: &[u8]) -> Result<Self, GatewayError> {
+    fn parse(body: &[u8]) -> Result<Self, UpstreamFailure> {
         #[derive(Deserialize)]
         struct Fields {
             key: String,
@@ -120,7 +106,7 @@ impl PresignAnswer {
         }
         let bad = |why: &str| {
             tracing::warn!(reason = why, "unusable presign answer from upstream");
-            GatewayError::Upstream(UpstreamFailure::BadResponse)
+            UpstreamFailure::BadResponse
         };
         let raw: Raw = serde_json::from_slice(body).map_err(|_| bad("not the expected JSON"))?;
         let s3object_id =

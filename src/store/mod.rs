@@ -18,6 +18,7 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use crate::domain::{IssuedUpload, QuotaKind};
 use crate::rate_limit::{RateLimit, RateLimitHeaders};
 
 pub use memory::MemoryStore;
@@ -55,19 +56,6 @@ pub(crate) fn from_unix_ms(ms: i64) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// An upload the gateway presigned for a user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IssuedUpload {
-    pub s3object_id: Uuid,
-    /// The S3 key the upstream issued (`fields.key`); a confirmation must name exactly this key.
-    pub key: String,
-    pub user: String,
-    pub source: String,
-    pub issued_at: OffsetDateTime,
-    /// Last instant a confirmation is accepted.
-    pub window_end: OffsetDateTime,
-}
-
 /// The upstream's answer to a successful confirmation, kept to answer idempotent repeats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
@@ -79,15 +67,6 @@ pub struct StoredResponse {
 /// Proof of a claim: release and consume act only for the claim that holds the lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease(pub Uuid);
-
-/// Which quota refused a presign or a confirmation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaKind {
-    /// Open uploads at once.
-    Outstanding,
-    UploadsPerDay,
-    BytesPerDay,
-}
 
 /// What a presign must pass, in this order: its tier's quotas (open uploads, and today's
 /// confirmed plus open uploads, and today's bytes), then the user's presign budget.

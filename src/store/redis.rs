@@ -294,7 +294,7 @@ fn hex(user: &str) -> String {
 impl RedisStore {
     /// Connects now; an unreachable Redis is an error at start, not a surprise later.
     pub async fn connect(settings: &RedisSettings, limits: StoreLimits) -> Result<Self, String> {
-        crate::upstream::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let connection = tokio::time::timeout(settings.operation_timeout * 5, Self::open(settings))
             .await
             .map_err(|_| "store.redis: connecting timed out".to_string())??;

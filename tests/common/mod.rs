@@ -35,7 +35,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub fn now() -> u64 {
-    kizen_gateway::observability::seconds_since_epoch()
+    kizen_gateway::clock::seconds_since_epoch()
 }
 
 /// The static keys every test gateway trusts, one per algorithm family.

@@ -52,7 +52,7 @@ impl Telemetry {
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
         // The exporter's HTTP client is built on rustls too.
-        crate::upstream::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()

@@ -1,18 +1,26 @@
 //! Configuration: the commented defaults in `config/default.toml`, then an optional file, then
 //! `KIZEN_GATEWAY_*` environment variables, then validation. Every error names its option.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use figment::{
     Figment,
-    providers::{Env, Format, Toml},
+    providers::{Env, Format, Serialized, Toml},
 };
 use serde::Deserialize;
 
+pub use values::{
+    ContentTypePattern, ForwardableHeader, HttpUrl, JwtAlgorithm, KIZEN_SOURCES, Origin, RedisUrl,
+    RsaAlgorithm, Source,
+};
+use values::{at_least_one, at_least_one_u32, positive_duration};
+
 use crate::secrets::SecretSource;
 
+pub mod values;
+
 /// The defaults, compiled in so that the binary needs no file to start.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 /// Prefix of the environment variables that override configuration options.
 pub const ENV_PREFIX: &str = "KIZEN_GATEWAY_";
@@ -29,7 +37,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub presign: PresignConfig,
     pub confirm: ConfirmConfig,
-    pub quotas: crate::quota::QuotaConfig,
+    pub quotas: QuotaConfig,
     pub store: StoreConfig,
     pub reload: ReloadConfig,
     pub telemetry: TelemetryConfig,
@@ -44,7 +52,7 @@ pub struct TelemetryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadConfig {
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub interval: Duration,
 }
 
@@ -52,12 +60,15 @@ pub struct ReloadConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub header_read_timeout: Duration,
+    #[serde(deserialize_with = "header_bytes")]
     pub max_header_bytes: usize,
+    #[serde(deserialize_with = "at_least_one")]
     pub max_headers: usize,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub request_timeout: Duration,
+    #[serde(deserialize_with = "at_least_one")]
     pub max_concurrent_requests: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -72,6 +83,7 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    #[serde(deserialize_with = "log_filter")]
     pub level: String,
     pub format: LogFormat,
 }
@@ -86,7 +98,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
-    pub allowed_origins: Vec<String>,
+    pub allowed_origins: Vec<Origin>,
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
 }
@@ -94,14 +106,16 @@ pub struct CorsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    #[serde(deserialize_with = "claim_name")]
     pub user_claim: String,
     pub issuers: Vec<String>,
     pub audiences: Vec<String>,
     /// Accept tokens without checking `aud` although asymmetric keys are configured: any token
     /// the identity provider signed, for any application. Refused unless set explicitly.
     pub allow_any_audience: bool,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "leeway")]
     pub leeway: Duration,
+    #[serde(deserialize_with = "at_least_one")]
     pub max_token_bytes: usize,
     #[serde(default)]
     pub keys: Vec<StaticKeyConfig>,
@@ -114,6 +128,7 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct TokenCacheConfig {
     pub enabled: bool,
+    #[serde(deserialize_with = "at_least_one")]
     pub max_entries: usize,
 }
 
@@ -121,11 +136,7 @@ impl AuthConfig {
     /// Whether a key is asymmetric (a public key file, or the JWKS): the identity provider signs
     /// with it for every application it serves, not for this gateway alone.
     pub fn has_asymmetric_keys(&self) -> bool {
-        self.jwks.url.is_some()
-            || self.keys.iter().any(|key| {
-                crate::auth::keys::parse_algorithm(&key.algorithm)
-                    .map_or(true, |a| a.family() != jsonwebtoken::AlgorithmFamily::Hmac)
-            })
+        self.jwks.url.is_some() || self.keys.iter().any(|key| !key.algorithm.is_hmac())
     }
 
     /// Whether tokens are accepted whatever their `aud` although an asymmetric key verifies
@@ -163,7 +174,7 @@ impl AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct StaticKeyConfig {
     pub kid: Option<String>,
-    pub algorithm: String,
+    pub algorithm: JwtAlgorithm,
     pub secret: Option<SecretSource>,
     pub public_key_file: Option<std::path::PathBuf>,
     /// The only `iss` a token verified by this key may carry.
@@ -173,31 +184,33 @@ pub struct StaticKeyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwksConfig {
-    pub url: Option<String>,
+    pub url: Option<HttpUrl>,
     /// The only `iss` a token verified by a key of this set may carry.
     pub issuer: Option<String>,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub refresh_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub refetch_cooldown: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub fetch_timeout: Duration,
-    pub rsa_algorithm: String,
+    pub rsa_algorithm: RsaAlgorithm,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    pub base_url: String,
+    pub base_url: HttpUrl,
     pub api_key: SecretSource,
     pub business_id: SecretSource,
     pub user_id: SecretSource,
+    #[serde(default, deserialize_with = "optional_claim_name")]
     pub user_id_claim: Option<String>,
-    pub forward_headers: Vec<String>,
-    #[serde(with = "humantime_serde")]
+    pub forward_headers: Vec<ForwardableHeader>,
+    #[serde(deserialize_with = "positive_duration")]
     pub connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub request_timeout: Duration,
+    #[serde(deserialize_with = "at_least_one")]
     pub max_response_bytes: usize,
     pub pool_max_idle_per_host: usize,
 }
@@ -205,10 +218,12 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresignConfig {
-    pub allowed_content_types: Vec<String>,
-    pub allowed_sources: Vec<String>,
+    pub allowed_content_types: Vec<ContentTypePattern>,
+    #[serde(deserialize_with = "some_sources")]
+    pub allowed_sources: Vec<Source>,
+    #[serde(deserialize_with = "at_least_one_u32")]
     pub rate_limit_burst: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub rate_limit_period: Duration,
 }
 
@@ -217,29 +232,66 @@ pub struct PresignConfig {
 pub struct ConfirmConfig {
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub max_window: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "at_least_an_hour")]
     pub remember_expired: Duration,
+    #[serde(deserialize_with = "at_least_one")]
     pub max_body_bytes: usize,
-    pub public_sources: Vec<String>,
-    #[serde(with = "humantime_serde")]
+    pub public_sources: Vec<Source>,
+    #[serde(deserialize_with = "positive_duration")]
     pub claim_lease: Duration,
+    #[serde(deserialize_with = "at_least_one_u32")]
     pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub attempt_backoff: Duration,
+    #[serde(deserialize_with = "at_least_one_u32")]
     pub rate_limit_burst: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub rate_limit_period: Duration,
+}
+
+/// Per-user quotas by tier (see [`crate::quota`] for what each guarantees).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// JWT claim naming the user's tier.
+    #[serde(default, deserialize_with = "optional_claim_name")]
+    pub tier_claim: Option<String>,
+    pub default_tier: String,
+    pub tiers: BTreeMap<String, TierLimits>,
+}
+
+/// The limits of one tier. `None`: no daily limit.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TierLimits {
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_outstanding: usize,
+    pub max_uploads_per_day: Option<u64>,
+    pub max_bytes_per_day: Option<u64>,
+}
+
+impl QuotaConfig {
+    /// The tier a user's claim names, or the default for a missing or unknown one.
+    pub fn tier<'a>(&'a self, claimed: Option<&'a str>) -> (&'a str, &'a TierLimits) {
+        if let Some(name) = claimed
+            && let Some(limits) = self.tiers.get(name)
+        {
+            return (name, limits);
+        }
+        (&self.default_tier, &self.tiers[&self.default_tier])
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub kind: StoreKind,
+    #[serde(deserialize_with = "at_least_one")]
     pub max_uploads: usize,
     pub max_uploads_per_user: usize,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub sweep_interval: Duration,
     pub redis: RedisConfig,
 }
@@ -254,51 +306,24 @@ pub enum StoreKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    pub urls: Vec<String>,
+    pub urls: Vec<RedisUrl>,
     pub cluster: bool,
     pub password: Option<SecretSource>,
+    #[serde(deserialize_with = "key_prefix")]
     pub prefix: String,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "positive_duration")]
     pub operation_timeout: Duration,
 }
 
-/// The eleven `source` values the Kizen API accepts.
-pub const KIZEN_SOURCES: [&str; 11] = [
-    "field_value",
-    "form_field_value",
-    "activity_field_value",
-    "automation_value",
-    "employee_import",
-    "record_import",
-    "meta_import",
-    "smart_connector_import",
-    "knowledge_source",
-    "public_image",
-    "third_party_image",
-];
-
-/// Headers the gateway itself owns upstream or that describe a hop; never forwardable.
-const NEVER_FORWARDED: [&str; 16] = [
-    "x-api-key",
-    "x-business-id",
-    "x-user-id",
-    "authorization",
-    "cookie",
-    "host",
-    "forwarded",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "x-request-id",
-];
-
 /// Room left in `confirm.claim_lease` beyond the timeouts of one forward and its settle.
 pub const CLAIM_LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Values given on the command line, applied over every other layer and validated with them.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`: `server.listen`.
+    pub listen: Option<SocketAddr>,
+}
 
 /// A configuration error: the option at fault and what is wrong with it, on one line.
 #[derive(Debug, thiserror::Error)]
@@ -310,9 +335,10 @@ fn invalid(option: &str, why: impl std::fmt::Display) -> ConfigError {
 }
 
 impl Config {
-    /// Defaults, then `file` (if any), then the process environment, then [`Config::validate`].
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with_env(file, Env::prefixed(ENV_PREFIX).split("__"))
+    /// Defaults, then `file` (if any), then the process environment, then the command line's
+    /// `overrides`, then [`Config::validate`].
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, Env::prefixed(ENV_PREFIX).split("__"), overrides)
     }
 
     /// Like [`Config::load`] without reading the environment (tests, dev mode).
@@ -329,7 +355,11 @@ impl Config {
         Self::extract(figment)
     }
 
-    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+    fn load_with_env(
+        file: Option<&Path>,
+        env: Env,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.is_file() {
@@ -340,61 +370,47 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Self::extract(figment.merge(env))
+        let mut figment = figment.merge(env);
+        if let Some(listen) = overrides.listen {
+            figment = figment.merge(Serialized::default("server.listen", listen));
+        }
+        Self::extract(figment)
     }
 
     fn extract(figment: Figment) -> Result<Self, ConfigError> {
         let config: Config = figment.extract().map_err(|e| {
             // figment reports one error per problem; the first names the option and the source.
-            let first = e
-                .into_iter()
-                .next()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            ConfigError(without_source_lines(&first))
+            // Said as "<option>: <what is wrong> (in <source>)", like the cross-option rules.
+            let Some(first) = e.into_iter().next() else {
+                return ConfigError("invalid configuration".into());
+            };
+            let message = match first.path.is_empty() {
+                true => first.to_string(),
+                false => {
+                    let source = first
+                        .metadata
+                        .as_ref()
+                        .map(|md| match &md.source {
+                            Some(source) => format!(" (in {} {source})", md.name),
+                            None => format!(" (in {})", md.name),
+                        })
+                        .unwrap_or_default();
+                    format!("{}: {}{source}", first.path.join("."), first.kind)
+                }
+            };
+            ConfigError(without_source_lines(&message))
         })?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks every value that serde cannot: ranges, cross-field rules, known names.
+    /// The rules that span several options (every single value was checked as it was read).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.server;
-        if s.max_header_bytes < 8192 {
-            return Err(invalid("server.max_header_bytes", "must be at least 8192"));
-        }
-        positive("server.max_headers", s.max_headers)?;
-        positive("server.max_concurrent_requests", s.max_concurrent_requests)?;
-        nonzero("server.header_read_timeout", s.header_read_timeout)?;
-        nonzero("server.request_timeout", s.request_timeout)?;
-
-        if self.admin.listen == s.listen && s.listen.port() != 0 {
+        if self.admin.listen == self.server.listen && self.server.listen.port() != 0 {
             return Err(invalid("admin.listen", "must differ from server.listen"));
-        }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| invalid("log.level", e))?;
-
-        for origin in &self.cors.allowed_origins {
-            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
-                && !origin.ends_with('/')
-                && origin != "*"
-                && http::HeaderValue::from_str(origin).is_ok();
-            if !ok {
-                return Err(invalid(
-                    "cors.allowed_origins",
-                    format!("{origin:?} is not an origin like \"https://app.example.com\""),
-                ));
-            }
         }
 
         let a = &self.auth;
-        if a.user_claim.is_empty() {
-            return Err(invalid("auth.user_claim", "must not be empty"));
-        }
-        positive("auth.max_token_bytes", a.max_token_bytes)?;
-        if a.leeway > Duration::from_secs(300) {
-            return Err(invalid("auth.leeway", "must be at most 5m"));
-        }
         if a.keys.is_empty() && a.jwks.url.is_none() {
             return Err(invalid(
                 "auth.keys",
@@ -402,11 +418,8 @@ impl Config {
             ));
         }
         for (i, key) in a.keys.iter().enumerate() {
-            crate::auth::keys::check_static_key_config(key)
+            key.check_material()
                 .map_err(|why| invalid(&format!("auth.keys[{i}]"), why))?;
-        }
-        if let Some(url) = &a.jwks.url {
-            check_http_url("auth.jwks.url", url)?;
         }
         check_issuers(a)?;
         if a.accepts_any_audience() && !a.allow_any_audience {
@@ -417,79 +430,21 @@ impl Config {
                  auth.allow_any_audience = true to accept tokens minted for any application",
             ));
         }
-        crate::auth::keys::parse_rsa_algorithm(&a.jwks.rsa_algorithm)
-            .map_err(|why| invalid("auth.jwks.rsa_algorithm", why))?;
-        nonzero("auth.jwks.fetch_timeout", a.jwks.fetch_timeout)?;
-        nonzero("auth.jwks.refresh_interval", a.jwks.refresh_interval)?;
-        positive("auth.token_cache.max_entries", a.token_cache.max_entries)?;
 
-        let u = &self.upstream;
-        check_http_url("upstream.base_url", &u.base_url)?;
-        if let Some(claim) = &u.user_id_claim
-            && claim.is_empty()
-        {
-            return Err(invalid("upstream.user_id_claim", "must not be empty"));
+        let q = &self.quotas;
+        if !q.tiers.contains_key(&q.default_tier) {
+            return Err(invalid(
+                "quotas.default_tier",
+                format!("no tier named {:?} in [quotas.tiers]", q.default_tier),
+            ));
         }
-        for name in &u.forward_headers {
-            let lower = name.to_ascii_lowercase();
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(invalid(
-                    "upstream.forward_headers",
-                    format!("{name:?} is not a header name"),
-                ));
-            }
-            if NEVER_FORWARDED.contains(&lower.as_str())
-                || lower.starts_with("x-forwarded-")
-                || lower.starts_with("proxy-")
-            {
-                return Err(invalid(
-                    "upstream.forward_headers",
-                    format!("{name:?} is owned by the gateway and cannot be forwarded"),
-                ));
-            }
-        }
-        nonzero("upstream.connect_timeout", u.connect_timeout)?;
-        nonzero("upstream.request_timeout", u.request_timeout)?;
-        positive("upstream.max_response_bytes", u.max_response_bytes)?;
 
-        let p = &self.presign;
-        for ct in &p.allowed_content_types {
-            if !crate::validate::is_content_type_pattern(ct) {
-                return Err(invalid(
-                    "presign.allowed_content_types",
-                    format!("{ct:?} is not like \"image/png\" or \"image/*\""),
-                ));
-            }
-        }
-        if p.allowed_sources.is_empty() {
-            return Err(invalid("presign.allowed_sources", "must not be empty"));
-        }
-        for source in &p.allowed_sources {
-            if !KIZEN_SOURCES.contains(&source.as_str()) {
-                return Err(invalid(
-                    "presign.allowed_sources",
-                    format!(
-                        "{source:?} is not a Kizen source ({})",
-                        KIZEN_SOURCES.join(", ")
-                    ),
-                ));
-            }
-        }
-        if p.rate_limit_burst == 0 {
-            return Err(invalid("presign.rate_limit_burst", "must be at least 1"));
-        }
-        nonzero("presign.rate_limit_period", p.rate_limit_period)?;
-        self.quotas.validate().map_err(ConfigError)?;
-
-        let c = &self.confirm;
-        nonzero("confirm.max_window", c.max_window)?;
-        nonzero("confirm.claim_lease", c.claim_lease)?;
         // The forward and its settle must fit in the lease: the claim, the upstream call and the
         // settle each take up to their timeouts, and the settle is retried until the lease ends.
         let needed = self.upstream.request_timeout
             + 2 * self.store.redis.operation_timeout
             + CLAIM_LEASE_MARGIN;
-        if c.claim_lease < needed {
+        if self.confirm.claim_lease < needed {
             return Err(invalid(
                 "confirm.claim_lease",
                 format!(
@@ -499,30 +454,8 @@ impl Config {
                 ),
             ));
         }
-        if c.max_attempts == 0 {
-            return Err(invalid("confirm.max_attempts", "must be at least 1"));
-        }
-        nonzero("confirm.attempt_backoff", c.attempt_backoff)?;
-        if c.rate_limit_burst == 0 {
-            return Err(invalid("confirm.rate_limit_burst", "must be at least 1"));
-        }
-        nonzero("confirm.rate_limit_period", c.rate_limit_period)?;
-        if c.remember_expired < Duration::from_secs(3600) {
-            return Err(invalid("confirm.remember_expired", "must be at least 1h"));
-        }
-        positive("confirm.max_body_bytes", c.max_body_bytes)?;
-        for source in &c.public_sources {
-            if !KIZEN_SOURCES.contains(&source.as_str()) {
-                return Err(invalid(
-                    "confirm.public_sources",
-                    format!("{source:?} is not a Kizen source"),
-                ));
-            }
-        }
 
-        positive("store.max_uploads", self.store.max_uploads)?;
-        if let Some((name, tier)) = self
-            .quotas
+        if let Some((name, tier)) = q
             .tiers
             .iter()
             .find(|(_, tier)| tier.max_outstanding >= self.store.max_uploads_per_user)
@@ -535,42 +468,36 @@ impl Config {
                 ),
             ));
         }
-        nonzero("store.sweep_interval", self.store.sweep_interval)?;
         let r = &self.store.redis;
-        if self.store.kind == StoreKind::Redis {
-            if r.urls.is_empty() || (!r.cluster && r.urls.len() > 1) {
-                return Err(invalid(
-                    "store.redis.urls",
-                    "give one URL, or the seed nodes of a cluster with store.redis.cluster = true",
-                ));
-            }
-            for url in &r.urls {
-                let parsed = reqwest::Url::parse(url)
-                    .map_err(|e| invalid("store.redis.urls", format!("{url:?}: {e}")))?;
-                if !matches!(parsed.scheme(), "redis" | "rediss") || parsed.host_str().is_none() {
-                    return Err(invalid(
-                        "store.redis.urls",
-                        format!("{url:?} must be a redis:// or rediss:// URL"),
-                    ));
-                }
-                if parsed.password().is_some() {
-                    // The URL is printed in errors and Debug output: keep the secret apart.
-                    return Err(invalid(
-                        "store.redis.urls",
-                        "put the password in store.redis.password, not in the URL",
-                    ));
-                }
-            }
-        }
-        if r.prefix.is_empty() || r.prefix.contains(['{', '}']) {
+        if self.store.kind == StoreKind::Redis
+            && (r.urls.is_empty() || (!r.cluster && r.urls.len() > 1))
+        {
             return Err(invalid(
-                "store.redis.prefix",
-                "must be non-empty and without { or }",
+                "store.redis.urls",
+                "give one URL, or the seed nodes of a cluster with store.redis.cluster = true",
             ));
         }
-        nonzero("store.redis.operation_timeout", r.operation_timeout)?;
-        nonzero("reload.interval", self.reload.interval)?;
         Ok(())
+    }
+}
+
+impl StaticKeyConfig {
+    /// HS* keys are a `secret`, the others a `public_key_file`: exactly one of the two.
+    pub fn check_material(&self) -> Result<(), String> {
+        let algorithm = self.algorithm.0;
+        match (
+            self.algorithm.is_hmac(),
+            &self.secret,
+            &self.public_key_file,
+        ) {
+            (true, Some(_), None) | (false, None, Some(_)) => Ok(()),
+            (true, _, _) => Err(format!(
+                "{algorithm:?} needs `secret` (and no public_key_file)"
+            )),
+            (false, _, _) => Err(format!(
+                "{algorithm:?} needs `public_key_file` (and no secret)"
+            )),
+        }
     }
 }
 
@@ -645,27 +572,75 @@ fn check_issuers(a: &AuthConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn positive(option: &str, value: usize) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(invalid(option, "must be at least 1"));
+/// `server.max_header_bytes`: room for a long token and the usual browser headers.
+fn header_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    match usize::deserialize(deserializer)? {
+        n if n < 8192 => Err(serde::de::Error::custom("must be at least 8192")),
+        n => Ok(n),
     }
-    Ok(())
 }
 
-fn nonzero(option: &str, value: Duration) -> Result<(), ConfigError> {
-    if value.is_zero() {
-        return Err(invalid(option, "must be longer than 0s"));
-    }
-    Ok(())
+/// `log.level`: a tracing filter such as `info` or `kizen_gateway=debug,info`.
+fn log_filter<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let filter = String::deserialize(deserializer)?;
+    tracing_subscriber::EnvFilter::try_new(&filter).map_err(serde::de::Error::custom)?;
+    Ok(filter)
 }
 
-fn check_http_url(option: &str, url: &str) -> Result<(), ConfigError> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(option, format!("{url:?}: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(invalid(option, format!("{url:?} must be an http(s) URL")));
+/// `auth.leeway`: clocks may disagree by seconds, not by hours.
+fn leeway<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let leeway: Duration = humantime_serde::deserialize(deserializer)?;
+    if leeway > Duration::from_secs(300) {
+        return Err(serde::de::Error::custom("must be at most 5m"));
     }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(invalid(option, "must not carry credentials"));
+    Ok(leeway)
+}
+
+/// `confirm.remember_expired`: a repeat must keep getting its answer for at least an hour.
+fn at_least_an_hour<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Duration, D::Error> {
+    let duration: Duration = humantime_serde::deserialize(deserializer)?;
+    if duration < Duration::from_secs(3600) {
+        return Err(serde::de::Error::custom("must be at least 1h"));
     }
-    Ok(())
+    Ok(duration)
+}
+
+fn claim_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    if name.is_empty() {
+        return Err(serde::de::Error::custom("must not be empty"));
+    }
+    Ok(name)
+}
+
+fn optional_claim_name<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    match Option::<String>::deserialize(deserializer)? {
+        Some(name) if name.is_empty() => Err(serde::de::Error::custom("must not be empty")),
+        other => Ok(other),
+    }
+}
+
+fn some_sources<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Source>, D::Error> {
+    let sources = Vec::<Source>::deserialize(deserializer)?;
+    if sources.is_empty() {
+        return Err(serde::de::Error::custom("must not be empty"));
+    }
+    Ok(sources)
+}
+
+/// `store.redis.prefix`: braces would change which cluster slot a key hashes to.
+fn key_prefix<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let prefix = String::deserialize(deserializer)?;
+    if prefix.is_empty() || prefix.contains(['{', '}']) {
+        return Err(serde::de::Error::custom(
+            "must be non-empty and without { or }",
+        ));
+    }
+    Ok(prefix)
 }

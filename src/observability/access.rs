@@ -1,0 +1,132 @@
+//! The outermost middleware: the request id (the client's when sane, echoed on the answer) and one
+//! access line per request with route, user, status, latency and outcome.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderName, HeaderValue},
+    middleware::Next,
+    response::Response,
+};
+use uuid::Uuid;
+
+use super::{metrics::Metrics, traces};
+use crate::paths::route_label;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The outcome of a request in one word, set by the handler or the error; the access line logs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome(pub &'static str);
+
+/// The request id: the client's `x-request-id` when it is sane, a fresh UUID otherwise.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// A slot the auth extractor fills, so that the access line can name the user.
+#[derive(Debug, Clone, Default)]
+pub struct RequestUser(Arc<OnceLock<String>>);
+
+impl RequestUser {
+    pub fn set(&self, user: &str) {
+        let _ = self.0.set(user.to_owned());
+    }
+
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+fn is_sane_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+/// The client's `x-request-id` when it is sane, a fresh UUID otherwise.
+fn request_id_of(request: &Request) -> HeaderValue {
+    match request.headers().get(&X_REQUEST_ID) {
+        Some(value) if is_sane_request_id(value) => value.clone(),
+        _ => {
+            let mut buffer = Uuid::encode_buffer();
+            let id = Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+            HeaderValue::from_str(id).expect("a UUID is a valid header value")
+        }
+    }
+}
+
+/// Middleware, the outermost: assigns the request id (echoed on the response), and writes one
+/// access line per request with route, user, status, latency and outcome.
+pub async fn observe(
+    State(metrics): State<Arc<Metrics>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let request_id_header = request_id_of(&request);
+    let request_id: Arc<str> = request_id_header.to_str().unwrap_or_default().into();
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
+    let method = request.method().clone();
+    let route = route_label(request.uri().path());
+    let user = RequestUser::default();
+    request.extensions_mut().insert(user.clone());
+    let request_id = Some(request_id);
+
+    // The request's span: a server span in OpenTelemetry, child of the client's trace if any.
+    // Built only when OpenTelemetry consumes it; the access line carries the same fields.
+    let span = if traces::spans_consumed() {
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            request_id = request_id.as_deref().unwrap_or("-"),
+            route,
+            http.response.status_code = tracing::field::Empty,
+        );
+        traces::continue_trace(&span, request.headers());
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id_header);
+
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    let outcome = response
+        .extensions()
+        .get::<Outcome>()
+        .map(|o| o.0)
+        .unwrap_or(if status.is_success() {
+            "ok"
+        } else if status.is_client_error() {
+            "client_error"
+        } else {
+            "error"
+        });
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics.observe_request(route, status.as_u16(), outcome, elapsed);
+    tracing::info!(
+        target: "kizen_gateway::access",
+        request_id = request_id.as_deref().unwrap_or("-"),
+        method = %method,
+        route,
+        user = ?user.get().unwrap_or("-"),
+        status = status.as_u16(),
+        latency_ms = elapsed * 1000.0,
+        outcome,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,153 @@
+//! The application's state, `AppState(Arc<App>)`: every part built once from the configuration
+//! (verifier, upstream client, store, settler, reloader, metrics) and shared by the handlers.
+
+use std::{
+    ops::Deref,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use crate::{
+    auth::Verifier,
+    clock::{Clock, SystemClock},
+    config::{Config, StoreKind},
+    domain::ConfirmationWindow,
+    observability::metrics::Metrics,
+    rate_limit::RateLimit,
+    reload::{ReloadOutcome, ReloadTargets, Reloader},
+    settle::Settler,
+    store::{MemoryStore, RedisSettings, RedisStore, StoreLimits, UploadStore},
+    upstream::UpstreamClient,
+};
+
+pub struct App {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub upstream: UpstreamClient,
+    pub store: Arc<dyn UploadStore>,
+    /// Each user's presign budget (kept by the store).
+    pub presign_rate: RateLimit,
+    /// Each user's confirmation budget (kept by the store).
+    pub confirm_rate: RateLimit,
+    /// Retries the settle of forwarded confirmations whose outcome the store did not take.
+    pub settler: Settler,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// Set on SIGTERM: readiness turns false before the listener closes.
+    pub draining: AtomicBool,
+    pub reloader: Reloader,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl App {
+    /// Builds every part from the configuration: keys parsed, secrets loaded, client pooled,
+    /// store connected. Errors name the option at fault.
+    pub async fn from_config(config: Config) -> Result<Self, String> {
+        Self::from_config_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`App::from_config`] with a given clock (tests move time by hand).
+    pub async fn from_config_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        let limits = StoreLimits {
+            max_uploads: config.store.max_uploads,
+            max_uploads_per_user: config.store.max_uploads_per_user,
+            remember_expired: config.confirm.remember_expired,
+        };
+        let store: Arc<dyn UploadStore> = match config.store.kind {
+            StoreKind::Memory => Arc::new(MemoryStore::new(limits)),
+            StoreKind::Redis => {
+                let redis = &config.store.redis;
+                let settings = RedisSettings {
+                    urls: redis
+                        .urls
+                        .iter()
+                        .map(|url| url.as_str().to_owned())
+                        .collect(),
+                    cluster: redis.cluster,
+                    password: match &redis.password {
+                        Some(source) => Some(
+                            source
+                                .load()
+                                .map_err(|e| format!("store.redis.password: {e}"))?,
+                        ),
+                        None => None,
+                    },
+                    prefix: redis.prefix.clone(),
+                    operation_timeout: redis.operation_timeout,
+                };
+                Arc::new(RedisStore::connect(&settings, limits).await?)
+            }
+        };
+        Self::with_parts(config, store, clock)
+    }
+
+    /// Assembles an app from given parts (tests, embedding).
+    pub fn with_parts(
+        config: Config,
+        store: Arc<dyn UploadStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        let metrics = Arc::new(Metrics::new());
+        let config_for_reload = config.clone();
+        let verifier = Verifier::new(
+            &config.auth,
+            config.upstream.user_id_claim.clone(),
+            config.quotas.tier_claim.clone(),
+            metrics.clone(),
+        )?;
+        let upstream = UpstreamClient::new(&config.upstream, metrics.clone())?;
+        let settle_budget = config.confirm.claim_lease;
+        let presign_rate = RateLimit {
+            burst: config.presign.rate_limit_burst,
+            period: config.presign.rate_limit_period,
+        };
+        let confirm_rate = RateLimit {
+            burst: config.confirm.rate_limit_burst,
+            period: config.confirm.rate_limit_period,
+        };
+        Ok(Self {
+            config,
+            verifier,
+            upstream,
+            presign_rate,
+            confirm_rate,
+            settler: Settler::new(store.clone(), metrics.clone(), settle_budget),
+            store,
+            clock,
+            metrics,
+            draining: AtomicBool::new(false),
+            reloader: Reloader::new(&config_for_reload),
+        })
+    }
+
+    /// How long after its presign an upload may be confirmed.
+    pub fn confirmation_window(&self) -> ConfirmationWindow {
+        ConfirmationWindow {
+            grace: self.config.confirm.grace,
+            max_window: self.config.confirm.max_window,
+        }
+    }
+
+    /// Reloads secrets and keys when their files changed (or always, when `force`).
+    pub fn reload(&self, source: &'static str, force: bool) -> ReloadOutcome {
+        let targets = ReloadTargets {
+            config: &self.config,
+            upstream: &self.upstream,
+            verifier: &self.verifier,
+            metrics: &self.metrics,
+        };
+        self.reloader.reload(targets, source, force)
+    }
+}
