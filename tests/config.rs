@@ -704,3 +704,20 @@ fn a_per_user_store_bound_below_a_tiers_outstanding_cap_is_refused() {
         "{line}"
     );
 }
+
+#[test]
+fn command_line_overrides_are_validated_with_the_rest() {
+    let file = TempConfig::new(&minimal_toml());
+    let admin = Config::from_toml(&minimal_toml()).unwrap().admin.listen;
+    // `--listen` on the admin address: refused, as the same value in the file would be.
+    let output = Command::new(env!("CARGO_BIN_EXE_kizen-gateway"))
+        .env_clear()
+        .arg("check-config")
+        .arg("--config")
+        .arg(file.path())
+        .arg("--listen")
+        .arg(admin.to_string())
+        .output()
+        .expect("the binary runs");
+    assert_refused(&output, "admin.listen", &[]);
+}
