@@ -1,11 +1,9 @@
 //! The binary as a user runs it: dev mode's printed steps work as printed, and SIGTERM drains
 //! in-flight requests before a clean exit.
 
-mod common;
-
 use std::{process::Stdio, time::Duration};
 
-use common::*;
+use crate::support::*;
 use kizen_gateway::standin::{Endpoint, Scripted};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -259,7 +257,7 @@ async fn sighup_reloads_key_files_at_once() {
     );
     let mut gateway = Gateway::start(&dir, &gw.standin_url, &extra, &[]).await;
     let addr = gateway.addr;
-    let new_token = common::sign(
+    let new_token = crate::support::sign(
         jsonwebtoken::Algorithm::HS256,
         &jsonwebtoken::EncodingKey::from_secret(new_secret.as_bytes()),
         None,

@@ -1,8 +1,6 @@
 //! The admin listener: health, readiness transitions, and metrics that move with real traffic.
 
-mod common;
-
-use common::{redis::RedisServer, *};
+use crate::support::{redis::RedisServer, *};
 use serde_json::Value;
 
 async fn get(gw: &TestGateway, path: &str) -> reqwest::Response {

@@ -1,11 +1,9 @@
 //! The confirmation rules: only the user an upload was issued to, only with its exact key, only
 //! within its window, exactly once.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kizen_gateway::{
     clock::Clock,
     standin::{Endpoint, Scripted},
@@ -397,7 +395,7 @@ async fn an_upstream_failure_releases_the_claim_for_a_retry() {
 async fn a_confirmation_kizen_accepted_is_never_forwarded_again_while_the_store_fails_to_record_it()
 {
     use std::sync::{Arc, atomic::Ordering};
-    let store = Arc::new(common::faulty_store::FaultyStore::new());
+    let store = Arc::new(crate::support::faulty_store::FaultyStore::new());
     let gw = TestGateway::builder()
         .with_store(store.clone())
         .start()
@@ -439,7 +437,7 @@ async fn a_confirmation_kizen_accepted_is_never_forwarded_again_while_the_store_
 #[tokio::test]
 async fn a_failed_confirmation_whose_release_fails_is_retried_later_not_lost() {
     use std::sync::{Arc, atomic::Ordering};
-    let store = Arc::new(common::faulty_store::FaultyStore::new());
+    let store = Arc::new(crate::support::faulty_store::FaultyStore::new());
     let gw = TestGateway::builder()
         .with_store(store.clone())
         .start()
@@ -567,7 +565,7 @@ mod settler {
     use tokio::time::Instant;
     use uuid::Uuid;
 
-    use crate::common::faulty_store::FaultyStore;
+    use crate::support::faulty_store::FaultyStore;
 
     const RULES: ClaimRules = ClaimRules {
         rate: RateLimit {

@@ -2,9 +2,7 @@
 //! script can read the problem and the rate-limit headers), preflights are answered by the
 //! gateway itself, other origins get nothing, and no origins configured means no CORS at all.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use reqwest::{Method, RequestBuilder, Response};
 
 const APP: &str = "https://app.example.com";

@@ -2,16 +2,15 @@
 //! request has its access line, every upload its audit events, and a client-chosen user id cannot
 //! break a line.
 //!
-//! One test only: the subscriber is global to this binary, and the capture is read as a whole.
-
-mod common;
+//! One test only, run in a process of its own: the subscriber is global to its process, and the
+//! capture is read as a whole.
 
 use std::{
     io::Write,
     sync::{Arc, Mutex},
 };
 
-use common::*;
+use crate::support::*;
 use kizen_gateway::{
     config::{LogConfig, LogFormat},
     standin::{Endpoint, Scripted},
@@ -151,8 +150,48 @@ impl Flow<'_> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_carry_no_secret_and_no_token_and_every_request_is_accounted_for() {
+/// Set in the environment of the test binary run again for one test alone.
+const OWN_PROCESS: &str = "KIZEN_GATEWAY_TEST_OWN_PROCESS";
+
+/// Runs `test` (this module's test of that name) alone in a process of its own: this test binary
+/// run again with only that test selected. In that process, `body` runs.
+fn in_own_process(test: &str, body: impl FnOnce()) {
+    if std::env::var_os(OWN_PROCESS).is_some() {
+        return body();
+    }
+    // The harness names tests by their module path without the crate's name.
+    let module = module_path!().split_once("::").map_or("", |(_, rest)| rest);
+    let name = format!("{module}::{test}");
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(OWN_PROCESS, "1")
+        .output()
+        .expect("the test binary runs again");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{name}, in a process of its own:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn logs_carry_no_secret_and_no_token_and_every_request_is_accounted_for() {
+    in_own_process(
+        "logs_carry_no_secret_and_no_token_and_every_request_is_accounted_for",
+        || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(logged_flow());
+        },
+    );
+}
+
+/// The flow, under the global subscriber that captures the logs, then the checks of the capture.
+async fn logged_flow() {
     let capture = Capture::default();
     kizen_gateway::observability::logs::init_tracing(
         &LogConfig {

@@ -5,8 +5,6 @@
 //! unknown-`kid` refetch is single-flight and nobody waits on a lock across it; an oversized
 //! chunked answer is dropped as soon as it passes the size limit.
 
-mod common;
-
 use std::{
     convert::Infallible,
     pin::Pin,
@@ -18,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use axum::{
     Router,
     body::{Body, Bytes},
@@ -27,7 +26,6 @@ use axum::{
     routing::get,
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::*;
 use jsonwebtoken::{
     Algorithm, EncodingKey,
     jwk::{Jwk, PublicKeyUse},

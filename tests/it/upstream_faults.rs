@@ -3,8 +3,7 @@
 //! `upstream_unavailable` (the gateway's credentials refused), 502 `upstream_unreachable`.
 //! A 400 describing the client's input passes through. A failed confirmation releases its claim.
 
-mod common;
-use common::*;
+use crate::support::*;
 
 use std::{sync::Arc, time::Duration};
 

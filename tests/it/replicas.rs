@@ -1,11 +1,9 @@
 //! Many replicas, one truth: gateways sharing a real Redis (one node or a cluster) agree on
 //! issued uploads, rate limits and quotas; Redis faults fail closed and heal by themselves.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
+use crate::support::{
     redis::{RedisCluster, RedisServer},
     *,
 };

@@ -1,5 +1,4 @@
-mod common;
-use common::*;
+use crate::support::*;
 
 // The OpenAPI document (`openapi/kizen-gateway.openapi.json`) against the gateway itself.
 //
@@ -22,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use common::faulty_store::FaultyStore;
+use crate::support::faulty_store::FaultyStore;
 use kizen_gateway::{
     error::{ErrorCode, RetryAfter},
     standin::{Endpoint, Scripted},

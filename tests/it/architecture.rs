@@ -216,7 +216,11 @@ fn modules_use_only_their_own_layer_and_lower_ones_without_cycles() {
     for module in &modules {
         visit(module, &uses, &mut Vec::new(), &mut done, &mut problems);
     }
-    assert!(problems.is_empty(), "layering broken:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "layering broken:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]

@@ -2,10 +2,8 @@
 //! refusal is a 401 with a `Bearer error="invalid_token"` challenge and a problem body that names
 //! the class of failure, never echoes the token, and forwards nothing upstream.
 
-mod common;
-
+use crate::support::*;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 

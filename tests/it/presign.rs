@@ -1,11 +1,9 @@
 //! `GET /api/s3/presigned-post`: validation of every field, the re-encoded upstream call, the
 //! per-user rate limit and outstanding-upload cap, and the pass-through of the upstream's answer.
 
-mod common;
-
 use std::{sync::Arc, time::Duration};
 
-use common::*;
+use crate::support::*;
 use kizen_gateway::{
     standin::{Endpoint, Scripted},
     store::{MemoryStore, StoreLimits, UploadStore},

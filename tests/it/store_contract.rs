@@ -2,8 +2,6 @@
 //! quota counters and concurrent claims. A backend joins by adding one `contract_suite!` line:
 //! the memory store, Redis on one node and a 3-master Redis Cluster all run the same cases.
 
-mod common;
-
 use std::{
     future::Future,
     pin::Pin,
@@ -11,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::redis::{RedisCluster, RedisServer};
+use crate::support::redis::{RedisCluster, RedisServer};
 use kizen_gateway::{
     rate_limit::RateLimit,
     store::{RedisSettings, RedisStore, Usage},

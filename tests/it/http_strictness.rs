@@ -2,8 +2,7 @@
 //! framing, bounded heads and bodies, a global concurrency limit and a header read timeout.
 //! Nothing refused here ever reaches the upstream.
 
-mod common;
-use common::*;
+use crate::support::*;
 
 use std::time::{Duration, Instant};
 

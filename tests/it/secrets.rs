@@ -3,8 +3,7 @@
 //! (headers allowlisted, secret echoes withheld), and nothing the gateway prints or answers
 //! carries a secret.
 
-mod common;
-use common::*;
+use crate::support::*;
 
 use kizen_gateway::standin::{Endpoint, Scripted};
 use serde_json::{Value, json};

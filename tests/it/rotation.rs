@@ -1,11 +1,9 @@
 //! Rotation without restart: key and secret files re-read when they change, all or nothing; a
 //! broken new file keeps the old values and is reported.
 
-mod common;
-
 use std::{path::Path, time::Duration};
 
-use common::*;
+use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
 
