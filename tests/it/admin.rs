@@ -71,10 +71,7 @@ async fn readiness_turns_false_when_draining() {
     );
     let token = gw.token("alice");
     let in_flight = {
-        let request = gw
-            .client
-            .get(format!("{}{PRESIGN}?{DEFAULT_QUERY}", gw.url))
-            .bearer_auth(&token);
+        let request = gw.presign_request(&token, DEFAULT_QUERY);
         tokio::spawn(async move { request.send().await.unwrap().status() })
     };
     gw.standin.wait_for_requests(PRESIGN, 1).await;
@@ -96,18 +93,6 @@ async fn readiness_turns_false_when_draining() {
         "the in-flight request still completes"
     );
     gw.join().await.unwrap();
-}
-
-/// The value of one sample line, e.g. `kizen_gateway_uploads_issued_total`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -11,15 +11,6 @@ const ISSUER: &str = "https://idp.example";
 const AUDIENCE: &str = "kizen-gw";
 
 /// Claims valid for an hour, for `sub`.
-fn claims(sub: &str) -> Value {
-    json!({ "sub": sub, "iat": now(), "exp": now() + 3600 })
-}
-
-/// Signs `claims` with the fixture private key in `file`.
-fn signed(algorithm: Algorithm, file: &str, kid: Option<&str>, claims: &Value) -> String {
-    sign(algorithm, &private_key(algorithm, file), kid, claims)
-}
-
 fn rs256(claims: &Value) -> String {
     signed(Algorithm::RS256, "rsa-private.pem", None, claims)
 }

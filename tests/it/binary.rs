@@ -12,16 +12,6 @@ use tokio::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_kizen-gateway");
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "kizen-gw-{name}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Reads the child's stdout line by line until `done` says stop; returns the lines. The rest
 /// of its output keeps being read in the background, so that the child never writes into a
 /// closed pipe.

@@ -14,6 +14,8 @@ use figment::{
 };
 use kizen_gateway::{Config, config::DEFAULT_TOML};
 
+use crate::support::{LogCapture, fixture};
+
 const API_KEY: &str = "cfgtest-api-key-4b1d7e0c93a2";
 const BUSINESS_ID: &str = "cfgtest-business-8e6f21";
 const USER_ID: &str = "cfgtest-user-0c5d3a";
@@ -45,12 +47,6 @@ fn env_api_key_toml() -> String {
         "[upstream]\napi_key = \"env:SOME_UNSET_VAR\"\nbusiness_id = \"value:{BUSINESS_ID}\"\nuser_id = \"value:{USER_ID}\"\n\n{}",
         hs256_key_toml()
     )
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/keys")
-        .join(name)
 }
 
 /// A configuration file under the temp dir, removed when dropped.
@@ -274,29 +270,13 @@ fn allow_any_audience_accepts_a_public_key_without_audiences() {
     }
 }
 
-/// Everything a `tracing` subscriber writes, for the start-up warning.
-#[derive(Clone, Default)]
-struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// What building the app (as `serve` does at start) logs for this configuration.
 fn start_up_logs(layers: &[&str]) -> String {
     let config = Config::from_toml_layers(layers).expect("valid");
-    let capture = Capture::default();
-    let writer = capture.clone();
+    let capture = LogCapture::default();
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)
-        .with_writer(move || writer.clone())
+        .with_writer(capture.clone())
         .finish();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -307,7 +287,7 @@ fn start_up_logs(layers: &[&str]) -> String {
             .block_on(kizen_gateway::App::from_config(config))
             .expect("the app builds");
     });
-    String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
+    capture.text()
 }
 
 #[test]

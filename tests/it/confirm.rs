@@ -346,14 +346,7 @@ async fn a_client_that_hangs_up_mid_confirmation_does_not_strand_the_upload() {
     // The forward finishes without the client; the upload ends confirmed, and the client's
     // retry is answered from memory (after the in-flight window) with no second forward.
     // Polling for the outcome: 409 while the orphaned forward is still in flight.
-    let mut status = gw.confirm(&token, &issued).await;
-    for _ in 0..200 {
-        if status.status() != 409 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        status = gw.confirm(&token, &issued).await;
-    }
+    let status = gw.confirm_while(&token, &issued, &[409]).await;
     assert_eq!(status.status(), 200);
     assert_eq!(status.headers()["idempotent-replayed"], "true");
     assert_eq!(gw.forwarded(SUCCESS).len(), 1);

@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A raw HTTP/1.1 request with a valid token that asks the server to close after answering.
+/// A raw HTTP/1.1 request with a valid token, `extra` header lines and no body.
 fn request(method: &str, target: &str, token: &str, extra: &str) -> Vec<u8> {
-    format!(
-        "{method} {target} HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {token}\r\n\
-         {extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    raw_request(
+        method,
+        target,
+        token,
+        &format!("{extra}Content-Length: 0\r\n"),
+        "",
     )
-    .into_bytes()
 }
 
 /// The value of the first header `name` of a raw answer.

@@ -239,17 +239,8 @@ fn ec_jwk(kid: &str) -> Value {
     jwk(Algorithm::ES256, "ec256-private.pem", kid)
 }
 
-fn claims(sub: &str) -> Value {
-    json!({ "sub": sub, "iat": now(), "exp": now() + 3600 })
-}
-
 fn token(algorithm: Algorithm, private_file: &str, kid: Option<&str>, sub: &str) -> String {
-    sign(
-        algorithm,
-        &private_key(algorithm, private_file),
-        kid,
-        &claims(sub),
-    )
+    signed(algorithm, private_file, kid, &claims(sub))
 }
 
 fn rsa_token(kid: &str) -> String {

@@ -5,47 +5,12 @@
 //! One test only, run in a process of its own: the subscriber is global to its process, and the
 //! capture is read as a whole.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
 use crate::support::*;
 use kizen_gateway::{
     config::{LogConfig, LogFormat},
     standin::{Endpoint, Scripted},
 };
 use serde_json::{Value, json};
-use tracing_subscriber::fmt::MakeWriter;
-
-/// Everything the subscriber writes, appended to one buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).expect("the logs are UTF-8")
-    }
-}
 
 /// The parsed lines of the capture; panics on a line that is not one JSON object.
 fn json_lines(text: &str) -> Vec<Value> {
@@ -87,9 +52,7 @@ impl Flow<'_> {
         let request_id = self.next_id();
         let response = self
             .gw
-            .client
-            .get(format!("{}{PRESIGN}?{DEFAULT_QUERY}", self.gw.url))
-            .bearer_auth(token)
+            .presign_request(token, DEFAULT_QUERY)
             .header("x-request-id", &request_id)
             .send()
             .await
@@ -106,12 +69,7 @@ impl Flow<'_> {
 
     async fn issue(&mut self, token: &str) -> Issued {
         let response = self.presign(token, 200, "issued").await;
-        let body: Value = response.json().await.unwrap();
-        Issued {
-            s3object_id: body["s3object_id"].as_str().unwrap().to_owned(),
-            key: body["fields"]["key"].as_str().unwrap().to_owned(),
-            body,
-        }
+        Issued::from_answer(response.json().await.unwrap())
     }
 
     async fn confirm(
@@ -122,20 +80,10 @@ impl Flow<'_> {
         outcome: &'static str,
     ) -> reqwest::Response {
         let request_id = self.next_id();
-        let body = form_urlencoded::Serializer::new(String::new())
-            .append_pair("uuid", &issued.s3object_id)
-            .append_pair("key", &issued.key)
-            .append_pair("name", "photo.png")
-            .append_pair("etag", "\"abc123\"")
-            .finish();
         let response = self
             .gw
-            .client
-            .post(format!("{}{SUCCESS}", self.gw.url))
-            .bearer_auth(token)
+            .confirm_request(token, issued.confirmation())
             .header("x-request-id", &request_id)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
             .send()
             .await
             .unwrap();
@@ -192,7 +140,7 @@ fn logs_carry_no_secret_and_no_token_and_every_request_is_accounted_for() {
 
 /// The flow, under the global subscriber that captures the logs, then the checks of the capture.
 async fn logged_flow() {
-    let capture = Capture::default();
+    let capture = LogCapture::default();
     kizen_gateway::observability::logs::init_tracing(
         &LogConfig {
             level: "trace".into(),

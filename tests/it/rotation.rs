@@ -5,23 +5,12 @@ use std::{path::Path, time::Duration};
 
 use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey};
-use serde_json::json;
-
-fn temp_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("kizen-gw-rotation-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Replaces a file the way a Kubernetes Secret update does: a new file renamed over the old.
 fn replace(path: &Path, content: &[u8]) {
     let staged = path.with_extension("staged");
     std::fs::write(&staged, content).unwrap();
     std::fs::rename(staged, path).unwrap();
-}
-
-fn claims(sub: &str) -> serde_json::Value {
-    json!({ "sub": sub, "iat": now(), "exp": now() + 3600 })
 }
 
 /// Polls `condition` until it holds: the reload runs on its own schedule (every 50 ms here).
@@ -38,27 +27,16 @@ async fn eventually<F: std::future::Future<Output = bool>>(
 }
 
 async fn reload_failures(gw: &TestGateway) -> f64 {
-    let admin = gw.admin_url.as_ref().unwrap();
-    let text = gw
-        .client
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(r#"kizen_gateway_reloads_total{source="file",result="failure"} "#)
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric(
+        gw,
+        r#"kizen_gateway_reloads_total{source="file",result="failure"}"#,
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_rotated_hmac_secret_file_is_picked_up_and_a_broken_one_ignored() {
-    let dir = temp_dir();
+    let dir = temp_dir("rotation");
     let secret_file = dir.join("jwt-secret");
     let old_secret = "old-secret-0123456789abcdef0123456789abcdef";
     let new_secret = "new-secret-0123456789abcdef0123456789abcdef";
@@ -114,7 +92,7 @@ async fn a_rotated_hmac_secret_file_is_picked_up_and_a_broken_one_ignored() {
 
 #[tokio::test]
 async fn a_rotated_public_key_file_is_picked_up_and_a_broken_one_ignored() {
-    let dir = temp_dir();
+    let dir = temp_dir("rotation");
     let key_file = dir.join("jwt-public.pem");
     std::fs::copy(fixture("rsa-public.pem"), &key_file).unwrap();
     let gw = TestGateway::builder()
@@ -158,7 +136,7 @@ async fn a_rotated_public_key_file_is_picked_up_and_a_broken_one_ignored() {
 
 #[tokio::test]
 async fn a_rotated_api_key_file_is_used_for_the_next_upstream_call() {
-    let dir = temp_dir();
+    let dir = temp_dir("rotation");
     let api_key_file = dir.join("api-key");
     std::fs::write(&api_key_file, API_KEY).unwrap();
     let gw = TestGateway::builder()
@@ -201,7 +179,7 @@ async fn a_rotated_api_key_file_is_used_for_the_next_upstream_call() {
 
 #[tokio::test]
 async fn a_cached_token_of_a_rotated_out_key_is_refused() {
-    let dir = temp_dir();
+    let dir = temp_dir("rotation");
     let key_file = dir.join("jwt-public.pem");
     std::fs::copy(fixture("rsa-public.pem"), &key_file).unwrap();
     let gw = TestGateway::builder()

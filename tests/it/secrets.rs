@@ -5,68 +5,39 @@
 
 use crate::support::*;
 
-use kizen_gateway::standin::{Endpoint, Scripted};
+use kizen_gateway::standin::Endpoint;
 use serde_json::{Value, json};
 
 const SECRET_HEADERS: [&str; 3] = ["x-api-key", "x-business-id", "x-user-id"];
 
 /// A raw HTTP/1.1 GET presign with a valid token and `extra` header lines.
 fn raw_presign(token: &str, extra: &str) -> Vec<u8> {
-    format!(
-        "GET {PRESIGN}?{DEFAULT_QUERY} HTTP/1.1\r\nHost: gateway.test\r\n\
-         Authorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
+    raw_request(
+        "GET",
+        &format!("{PRESIGN}?{DEFAULT_QUERY}"),
+        token,
+        extra,
+        "",
     )
-    .into_bytes()
 }
 
 /// A raw HTTP/1.1 confirm of `issued` with `extra` header lines.
 fn raw_confirm(token: &str, issued: &Issued, extra: &str) -> Vec<u8> {
-    let body = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([
-            ("uuid", issued.s3object_id.as_str()),
-            ("key", issued.key.as_str()),
-            ("name", "photo.png"),
-            ("etag", "\"abc123\""),
-        ])
-        .finish();
-    format!(
-        "POST {SUCCESS} HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
-         {extra}Connection: close\r\n\r\n{body}",
+    let body = issued.confirmation();
+    let head = format!(
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{extra}",
         body.len()
-    )
-    .into_bytes()
+    );
+    raw_request("POST", SUCCESS, token, &head, &body)
 }
 
 /// A presign answer the gateway accepts, with `extra` merged into its top level.
 fn presign_body(s3object_id: &str, extra: Value) -> String {
-    let mut body = json!({
-        "url": "https://bucket.example/upload",
-        "fields": {
-            "key": format!("uploads/{s3object_id}/photo.png"),
-            "Content-Type": "image/png",
-            "policy": "p",
-            "x-amz-signature": "s",
-        },
-        "s3object_id": s3object_id,
-        "max_file_size": 1024,
-        "expires_at": "2099-01-01T00:00:00Z",
-    });
+    let mut body = presign_answer(s3object_id);
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
         body.extend(extra.clone());
     }
     body.to_string()
-}
-
-fn respond(status: u16, headers: &[(&str, &str)], body: String) -> Scripted {
-    Scripted::Respond {
-        status,
-        headers: headers
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-            .collect(),
-        body,
-    }
 }
 
 /// Asserts the recorded upstream request carries each injected credential exactly once, with
@@ -323,17 +294,7 @@ async fn a_presign_answer_echoing_the_api_key_is_withheld_and_not_recorded() {
     assert_eq!(gw.forwarded(PRESIGN).len(), 1);
 
     // Nothing was recorded: the upload cannot be confirmed.
-    let response = gw
-        .confirm_form(
-            &token,
-            &[
-                ("uuid", &id),
-                ("key", &format!("uploads/{id}/photo.png")),
-                ("name", "photo.png"),
-                ("etag", "abc"),
-            ],
-        )
-        .await;
+    let response = gw.confirm_uuid(&token, &id).await;
     assert_problem(response, 404, "upload_not_found").await;
     assert!(gw.forwarded(SUCCESS).is_empty());
 
@@ -466,17 +427,7 @@ async fn a_presign_answer_echoing_an_encoded_api_key_is_withheld_and_not_recorde
         assert_eq!(gw.forwarded(PRESIGN).len(), i + 1, "{label}");
 
         // Not recorded: the upload cannot be confirmed.
-        let response = gw
-            .confirm_form(
-                &token,
-                &[
-                    ("uuid", &id),
-                    ("key", &format!("uploads/{id}/photo.png")),
-                    ("name", "photo.png"),
-                    ("etag", "abc"),
-                ],
-            )
-            .await;
+        let response = gw.confirm_uuid(&token, &id).await;
         assert_problem(response, 404, "upload_not_found").await;
     }
     assert!(gw.forwarded(SUCCESS).is_empty());
@@ -848,9 +799,7 @@ async fn with_telemetry_off_the_clients_trace_context_goes_upstream_unchanged() 
     let gw = TestGateway::start().await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let response = gw
-        .client
-        .get(format!("{}{PRESIGN}?{DEFAULT_QUERY}", gw.url))
-        .bearer_auth(gw.token("alice"))
+        .presign_request(&gw.token("alice"), DEFAULT_QUERY)
         .header("traceparent", traceparent)
         .header("tracestate", "vendor=1")
         .send()
@@ -863,9 +812,7 @@ async fn with_telemetry_off_the_clients_trace_context_goes_upstream_unchanged() 
 
     // A malformed one is not passed on.
     let response = gw
-        .client
-        .get(format!("{}{PRESIGN}?{DEFAULT_QUERY}", gw.url))
-        .bearer_auth(gw.token("alice"))
+        .presign_request(&gw.token("alice"), DEFAULT_QUERY)
         .header("traceparent", "not-a-traceparent")
         .send()
         .await

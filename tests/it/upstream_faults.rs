@@ -18,47 +18,6 @@ use tokio::{
     net::TcpListener,
 };
 
-fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<String>) -> Scripted {
-    Scripted::Respond {
-        status,
-        headers: headers
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-            .collect(),
-        body: body.into(),
-    }
-}
-
-/// A presign answer the gateway accepts.
-fn presign_json(s3object_id: &str) -> Value {
-    json!({
-        "url": "https://bucket.example/upload",
-        "fields": {
-            "key": format!("uploads/{s3object_id}/photo.png"),
-            "Content-Type": "image/png",
-            "policy": "p",
-            "x-amz-signature": "s",
-        },
-        "s3object_id": s3object_id,
-        "max_file_size": 1024,
-        "expires_at": "2099-01-01T00:00:00Z",
-    })
-}
-
-/// Confirms `uuid` with a plausible key; used to show that an upload was never recorded.
-async fn confirm_uuid(gw: &TestGateway, token: &str, uuid: &str) -> reqwest::Response {
-    gw.confirm_form(
-        token,
-        &[
-            ("uuid", uuid),
-            ("key", &format!("uploads/{uuid}/photo.png")),
-            ("name", "photo.png"),
-            ("etag", "abc"),
-        ],
-    )
-    .await
-}
-
 #[tokio::test]
 async fn upstream_5xx_is_502_upstream_error_on_both_routes() {
     let gw = TestGateway::start().await;
@@ -71,16 +30,11 @@ async fn upstream_5xx_is_502_upstream_error_on_both_routes() {
             respond(
                 status,
                 &[("content-type", "application/json")],
-                presign_json(&id).to_string(),
+                presign_answer(&id).to_string(),
             ),
         );
         assert_problem(gw.presign(&token).await, 502, "upstream_error").await;
-        assert_problem(
-            confirm_uuid(&gw, &token, &id).await,
-            404,
-            "upload_not_found",
-        )
-        .await;
+        assert_problem(gw.confirm_uuid(&token, &id).await, 404, "upload_not_found").await;
     }
 
     let issued = gw.issue(&token).await;
@@ -184,31 +138,31 @@ async fn unusable_presign_answers_are_502_and_nothing_is_recorded() {
     let u = id();
     cases.push(("not JSON", u.clone(), format!("<html>{u}</html>")));
     let u = id();
-    let mut body = presign_json(&u);
+    let mut body = presign_answer(&u);
     body["s3object_id"] = json!("not-a-uuid");
     cases.push(("s3object_id not a UUID", u, body.to_string()));
     let u = id();
-    let mut body = presign_json(&u);
+    let mut body = presign_answer(&u);
     body["s3object_id"] = json!(12345);
     cases.push(("s3object_id not a string", u, body.to_string()));
     let u = id();
-    let mut body = presign_json(&u);
+    let mut body = presign_answer(&u);
     body["fields"]["key"] = json!("");
     cases.push(("empty fields.key", u, body.to_string()));
     let u = id();
-    let mut body = presign_json(&u);
+    let mut body = presign_answer(&u);
     body["fields"].as_object_mut().unwrap().remove("key");
     cases.push(("missing fields.key", u, body.to_string()));
     let u = id();
-    let mut body = presign_json(&u);
+    let mut body = presign_answer(&u);
     body.as_object_mut().unwrap().remove("expires_at");
     cases.push(("missing expires_at", u, body.to_string()));
     let u = id();
-    let mut body = presign_json(&u);
+    let mut body = presign_answer(&u);
     body["expires_at"] = json!("tomorrow");
     cases.push(("expires_at not a date", u, body.to_string()));
     let u = id();
-    let mut body = presign_json(&u);
+    let mut body = presign_answer(&u);
     body["expires_at"] = json!(4102444800u64);
     cases.push(("expires_at a number", u, body.to_string()));
     let u = id();
@@ -222,7 +176,7 @@ async fn unusable_presign_answers_are_502_and_nothing_is_recorded() {
         let response = gw.presign(&token).await;
         assert_eq!(response.status(), 502, "{case}");
         assert_problem(response, 502, "upstream_bad_response").await;
-        let response = confirm_uuid(&gw, &token, uuid).await;
+        let response = gw.confirm_uuid(&token, uuid).await;
         assert_eq!(response.status(), 404, "{case}: recorded");
         assert_problem(response, 404, "upload_not_found").await;
     }
@@ -236,12 +190,12 @@ async fn unusable_presign_answers_are_502_and_nothing_is_recorded() {
         respond(
             200,
             &[("content-type", "application/json")],
-            presign_json(&u).to_string(),
+            presign_answer(&u).to_string(),
         ),
     );
     assert_eq!(gw.presign(&token).await.status(), 200);
     // Recorded: the gateway forwards the confirmation (the stand-in never issued it: 404 there).
-    let response = confirm_uuid(&gw, &token, &u).await;
+    let response = gw.confirm_uuid(&token, &u).await;
     assert_eq!(gw.forwarded(SUCCESS).len(), 1);
     assert_ne!(response.status(), 502);
 }
@@ -258,7 +212,7 @@ async fn an_upstream_answer_over_max_response_bytes_is_502() {
     let issued = gw.issue(&token).await;
 
     let u = uuid::Uuid::new_v4().to_string();
-    let mut body = presign_json(&u);
+    let mut body = presign_answer(&u);
     body["padding"] = json!("x".repeat(2000));
     gw.standin.script(
         Endpoint::Presign,
@@ -269,7 +223,7 @@ async fn an_upstream_answer_over_max_response_bytes_is_502() {
         ),
     );
     assert_problem(gw.presign(&token).await, 502, "upstream_bad_response").await;
-    assert_problem(confirm_uuid(&gw, &token, &u).await, 404, "upload_not_found").await;
+    assert_problem(gw.confirm_uuid(&token, &u).await, 404, "upload_not_found").await;
 
     // An oversized error answer is refused too, not passed through.
     gw.standin.script(
@@ -346,7 +300,7 @@ async fn a_chunked_upstream_answer_over_max_response_bytes_is_502() {
 
     // The control: a small chunked answer is read and accepted.
     let small = uuid::Uuid::new_v4().to_string();
-    let gw = gateway(chunked_upstream(presign_json(&small).to_string()).await).await;
+    let gw = gateway(chunked_upstream(presign_answer(&small).to_string()).await).await;
     let response = gw.presign(&gw.token("alice")).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
@@ -354,13 +308,13 @@ async fn a_chunked_upstream_answer_over_max_response_bytes_is_502() {
 
     // The same answer padded past the cap, without Content-Length.
     let large = uuid::Uuid::new_v4().to_string();
-    let mut body = presign_json(&large);
+    let mut body = presign_answer(&large);
     body["padding"] = json!("x".repeat(2000));
     let gw = gateway(chunked_upstream(body.to_string()).await).await;
     let token = gw.token("alice");
     assert_problem(gw.presign(&token).await, 502, "upstream_bad_response").await;
     assert_problem(
-        confirm_uuid(&gw, &token, &large).await,
+        gw.confirm_uuid(&token, &large).await,
         404,
         "upload_not_found",
     )

@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::temp_dir;
+
 /// A `redis-server` child. It is started under a shell that kills it when its stdin closes, so
 /// that a server outliving its test binary (a static, a panic) still goes away.
 pub struct RedisServer {
@@ -29,12 +31,6 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kizen-gw-redis-{name}-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 impl RedisServer {
     pub fn start() -> Self {
         Self::start_with(free_port(), Vec::new())
@@ -48,7 +44,7 @@ impl RedisServer {
     }
 
     fn start_with(port: u16, extra: Vec<String>) -> Self {
-        let dir = temp_dir(&port.to_string());
+        let dir = temp_dir(&format!("redis-{port}"));
         let mut server = Self {
             port,
             child: None,
