@@ -18,6 +18,7 @@ use crate::state::AppState;
 /// The gateway's own API description, kept in the repository and checked by the tests.
 pub const OPENAPI_JSON: &str = include_str!("../openapi/kizen-gateway.openapi.json");
 
+/// The admin listener's routes: health, readiness, metrics and the OpenAPI document.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

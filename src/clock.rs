@@ -9,10 +9,14 @@ use std::{
 
 use time::OffsetDateTime;
 
+/// The source of "now" for upload windows and quotas: the system clock in production, a
+/// [`ManualClock`] in tests.
 pub trait Clock: Send + Sync + 'static {
+    /// The current instant, in UTC.
     fn now(&self) -> OffsetDateTime;
 }
 
+/// The system's UTC clock: the production [`Clock`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
@@ -33,6 +37,7 @@ impl Default for ManualClock {
 }
 
 impl ManualClock {
+    /// Moves the shared time forward by `by`.
     pub fn advance(&self, by: std::time::Duration) {
         let mut now = self.0.lock().expect("clock lock");
         *now += by;

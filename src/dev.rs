@@ -16,18 +16,27 @@ use crate::{
 
 /// Everything dev mode needs, bound and built, ready to run.
 pub struct DevSetup {
+    /// The gateway, configured against the stand-in with a throwaway HS256 key and API key.
     pub app: App,
+    /// The gateway's public listener, already bound.
     pub gateway: TcpListener,
+    /// The local stand-in of the Kizen API, holding the same credentials as the gateway.
     pub standin: Standin,
+    /// The stand-in's listener, already bound; its URL is the gateway's `upstream.base_url`.
     pub standin_listener: TcpListener,
+    /// What to print: the URLs, the dev token and the three curl steps of an upload.
     pub instructions: String,
 }
 
+/// The `sub` of the dev token printed in the instructions.
 pub const DEV_USER: &str = "dev-user";
 /// Marks the copy-and-paste block of the instructions (tests run exactly what is printed).
 pub const STEPS_BEGIN: &str = "# ---- steps: paste into a shell ----";
+/// Ends the copy-and-paste block of the instructions.
 pub const STEPS_END: &str = "# ---- end of steps ----";
 
+/// Binds both listeners and builds the gateway and the stand-in, sharing fresh secrets, and signs
+/// a dev token valid for 12 hours.
 pub async fn setup(gateway_addr: SocketAddr, standin_addr: SocketAddr) -> Result<DevSetup, String> {
     let gateway = TcpListener::bind(gateway_addr)
         .await

@@ -9,11 +9,16 @@ use uuid::Uuid;
 /// An upload the gateway presigned for a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedUpload {
+    /// Kizen's id of the upload (`s3object_id` in its answer); a confirmation names it as `uuid`.
     pub s3object_id: Uuid,
     /// The S3 key the upstream issued (`fields.key`); a confirmation must name exactly this key.
     pub key: String,
+    /// The end user it was issued to, by their authenticated id; only they may confirm it.
     pub user: String,
+    /// The presign's `source` (a Kizen source); whether it is in `confirm.public_sources` decides
+    /// if the upload may be confirmed public.
     pub source: String,
+    /// When the gateway presigned it, by its own clock; the window ends at most `max_window` later.
     pub issued_at: OffsetDateTime,
     /// Last instant a confirmation is accepted.
     pub window_end: OffsetDateTime,
@@ -41,7 +46,9 @@ impl ConfirmationWindow {
 pub enum QuotaKind {
     /// Open uploads at once.
     Outstanding,
+    /// Confirmed uploads per UTC day.
     UploadsPerDay,
+    /// Confirmed bytes per UTC day (Kizen's `size_bytes`).
     BytesPerDay,
 }
 

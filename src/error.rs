@@ -34,30 +34,33 @@ pub enum RetryAfter {
 }
 
 macro_rules! error_codes {
-    ($($variant:ident => ($code:literal, $status:ident, $retry:expr),)+) => {
+    ($($(#[$doc:meta])* $variant:ident => ($code:literal, $status:ident, $retry:expr),)+) => {
         /// Every problem the gateway answers with: its stable `code` (clients may match on it; it
         /// never changes meaning), its status, its title and its `Retry-After`.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum ErrorCode {
-            $($variant,)+
+            $($(#[$doc])* $variant,)+
         }
 
         impl ErrorCode {
             /// Every code, in the order of the table.
             pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
 
+            /// The stable `code` clients match on, e.g. `token_expired`.
             pub fn as_str(self) -> &'static str {
                 match self {
                     $(Self::$variant => $code,)+
                 }
             }
 
+            /// The HTTP status answered with this code.
             pub fn status(self) -> StatusCode {
                 match self {
                     $(Self::$variant => StatusCode::$status,)+
                 }
             }
 
+            /// Which `Retry-After` the answer carries.
             pub fn retry_after(self) -> RetryAfter {
                 use RetryAfter::*;
                 match self {
@@ -69,43 +72,81 @@ macro_rules! error_codes {
 }
 
 error_codes! {
+    /// No `Authorization` header, or one with another scheme than Bearer.
     TokenMissing => ("token_missing", UNAUTHORIZED, Never),
+    /// Not one well-formed JWT: wrong shape, undecodable, too long, or two `Authorization` headers.
     TokenMalformed => ("token_malformed", UNAUTHORIZED, Never),
+    /// An algorithm, `typ` or `crit` header this gateway does not accept (`none` included).
     TokenUnsupported => ("token_unsupported", UNAUTHORIZED, Never),
+    /// No configured key serves the token's `kid` and `alg`, even after a JWKS refetch.
     TokenUnknownKey => ("token_unknown_key", UNAUTHORIZED, Never),
+    /// No candidate key verifies the signature.
     TokenBadSignature => ("token_bad_signature", UNAUTHORIZED, Never),
+    /// `exp` has passed (beyond `auth.leeway`).
     TokenExpired => ("token_expired", UNAUTHORIZED, Never),
+    /// `nbf` or `iat` lies in the future (beyond `auth.leeway`).
     TokenNotYetValid => ("token_not_yet_valid", UNAUTHORIZED, Never),
+    /// `iss` missing or not one the verifying key accepts.
     TokenWrongIssuer => ("token_wrong_issuer", UNAUTHORIZED, Never),
+    /// `aud` missing or naming none of `auth.audiences`.
     TokenWrongAudience => ("token_wrong_audience", UNAUTHORIZED, Never),
+    /// `exp`, the identity claim or the X-USER-ID claim is missing or unusable.
     TokenMissingClaim => ("token_missing_claim", UNAUTHORIZED, Never),
+    /// A path other than the two the gateway serves.
     RouteNotFound => ("route_not_found", NOT_FOUND, Never),
+    /// A served path with the wrong method (`Allow` names the right one).
     MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED, Never),
+    /// A request target that is a URL rather than a path.
     AbsoluteFormTarget => ("absolute_form_target", BAD_REQUEST, Never),
+    /// Not exactly one `Host` header (none is allowed for HTTP/1.0 only).
     BadHostHeader => ("bad_host_header", BAD_REQUEST, Never),
+    /// A body sent with `Transfer-Encoding`; only `Content-Length` is accepted.
     TransferEncodingNotAccepted => ("transfer_encoding_not_accepted", BAD_REQUEST, Never),
+    /// Invalid query or form fields, each listed in the problem's `errors`.
     InvalidInput => ("invalid_input", BAD_REQUEST, Never),
+    /// A confirmation body that is not `application/x-www-form-urlencoded`.
     UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, Never),
+    /// A confirmation body over `confirm.max_body_bytes`.
     PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE, Never),
+    /// The user's presign or confirmation budget is spent.
     RateLimited => ("rate_limited", TOO_MANY_REQUESTS, Computed),
+    /// The upload failed to confirm `confirm.max_attempts` times and is backing off.
     ConfirmationAttemptsExhausted => ("confirmation_attempts_exhausted", TOO_MANY_REQUESTS, Computed),
+    /// The user holds the tier's `max_outstanding` issued, unconfirmed uploads.
     TooManyOutstandingUploads => ("too_many_outstanding_uploads", TOO_MANY_REQUESTS, Never),
+    /// The tier's confirmed uploads for this UTC day are used up.
     DailyUploadQuotaExceeded => ("daily_upload_quota_exceeded", TOO_MANY_REQUESTS, Computed),
+    /// The tier's confirmed bytes for this UTC day are used up.
     DailyByteQuotaExceeded => ("daily_byte_quota_exceeded", TOO_MANY_REQUESTS, Computed),
+    /// No upload with this uuid was issued to this user (or it was forgotten).
     UploadNotFound => ("upload_not_found", NOT_FOUND, Never),
+    /// The confirmation's `key` is not the one issued for this upload.
     KeyMismatch => ("key_mismatch", FORBIDDEN, Never),
+    /// The upload's confirmation window has closed; presign again.
     UploadExpired => ("upload_expired", GONE, Never),
+    /// Another confirmation of this upload is in flight.
     ConfirmationInProgress => ("confirmation_in_progress", CONFLICT, Fixed(1)),
+    /// The upload was confirmed before and this repeat cannot be replayed.
     AlreadyConfirmed => ("already_confirmed", CONFLICT, Never),
+    /// The memory store holds as many uploads as it may.
     StoreFull => ("store_full", SERVICE_UNAVAILABLE, Fixed(5)),
+    /// The store did not answer in time, or failed.
     StoreUnavailable => ("store_unavailable", SERVICE_UNAVAILABLE, Fixed(5)),
+    /// At `server.max_concurrent_requests`: load is shed rather than queued.
     Overloaded => ("overloaded", SERVICE_UNAVAILABLE, Fixed(1)),
+    /// The whole request outlasted `server.request_timeout`.
     RequestTimeout => ("request_timeout", GATEWAY_TIMEOUT, Never),
+    /// Kizen could not be reached.
     UpstreamUnreachable => ("upstream_unreachable", BAD_GATEWAY, Never),
+    /// Kizen did not answer within `upstream.request_timeout`.
     UpstreamTimeout => ("upstream_timeout", GATEWAY_TIMEOUT, Never),
+    /// Kizen's answer is unusable: bad JSON, too large, a redirect, or one that echoes the API key.
     UpstreamBadResponse => ("upstream_bad_response", BAD_GATEWAY, Never),
+    /// Kizen answered with a 5xx.
     UpstreamError => ("upstream_error", BAD_GATEWAY, Never),
+    /// Kizen refused the gateway's own credentials (401/403); told neutrally to the client.
     UpstreamUnavailable => ("upstream_unavailable", BAD_GATEWAY, Never),
+    /// A bug or an impossible state inside the gateway.
     InternalError => ("internal_error", INTERNAL_SERVER_ERROR, Never),
 }
 
@@ -116,55 +157,89 @@ impl ErrorCode {
     }
 }
 
+/// Why a request failed, as the client is told: each variant answers with one [`ErrorCode`] row
+/// (see [`GatewayError::code`]) as an `application/problem+json` body.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// The bearer token was missing or refused (`token_*`, 401 with `WWW-Authenticate`).
     #[error("authentication failed")]
     Unauthorized(AuthFailure),
+    /// The path is neither of the two the gateway serves.
     #[error("not found")]
     RouteNotFound,
+    /// A served path with the wrong method.
     #[error("method not allowed")]
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        /// The one method the route accepts, sent back in `Allow`.
+        allow: &'static str,
+    },
+    /// The request target is a URL, not a path.
     #[error("the request target is not a path")]
     AbsoluteFormTarget,
+    /// Not exactly one `Host` header.
     #[error("not exactly one Host header")]
     BadHostHeader,
+    /// The request carries `Transfer-Encoding`.
     #[error("Transfer-Encoding sent")]
     TransferEncodingNotAccepted,
+    /// The query or form failed validation; every invalid field is listed.
     #[error("invalid input")]
     InvalidInput(Vec<FieldError>),
+    /// The confirmation body is not `application/x-www-form-urlencoded`.
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// The confirmation body is larger than allowed.
     #[error("payload too large")]
-    PayloadTooLarge { limit: usize },
+    PayloadTooLarge {
+        /// `confirm.max_body_bytes`, named in the `detail`.
+        limit: usize,
+    },
     /// A per-user budget is spent; `what` names the requests it counts ("presign requests",
     /// "confirmations").
     #[error("rate limited")]
     RateLimited {
+        /// The requests the spent budget counts, for the `detail`.
         what: &'static str,
+        /// The budget's state, sent as `RateLimit-*` and `Retry-After`.
         budget: RateLimitHeaders,
     },
+    /// The upload failed to confirm too many times and backs off.
     #[error("confirmation attempts exhausted")]
-    AttemptsExhausted { retry_after: Duration },
+    AttemptsExhausted {
+        /// Time left until the upload takes attempts again (`Retry-After`, rounded up).
+        retry_after: Duration,
+    },
+    /// A presign or confirmation would exceed a quota of the user's tier.
     #[error("too many outstanding uploads")]
     QuotaExceeded(QuotaExceeded),
+    /// The uuid names no upload issued to this user (or one already forgotten).
     #[error("upload not found")]
     UploadNotFound,
+    /// The confirmation's `key` is not the one issued for the upload.
     #[error("key mismatch")]
     KeyMismatch,
+    /// The upload's confirmation window has closed.
     #[error("upload expired")]
     UploadExpired,
+    /// Another confirmation of the upload is in flight.
     #[error("confirmation in progress")]
     ConfirmationInProgress,
+    /// The upload was already confirmed and the repeat cannot be replayed.
     #[error("already confirmed")]
     AlreadyConfirmed,
+    /// The memory store is full of uploads it may not evict.
     #[error("store full")]
     StoreFull,
+    /// The store failed or did not answer in time; nothing was forwarded.
     #[error("store unavailable")]
     StoreUnavailable,
+    /// Load shed at `server.max_concurrent_requests`.
     #[error("overloaded")]
     Overloaded,
+    /// The request outlasted `server.request_timeout`.
     #[error("request timed out")]
     RequestTimeout,
+    /// The Kizen call failed; the variant says how.
     #[error("upstream failure: {0:?}")]
     Upstream(UpstreamFailure),
     /// A bug or an impossible state; the cause is logged, never shown.
@@ -250,6 +325,7 @@ impl GatewayError {
         }
     }
 
+    /// The HTTP status of this error's code.
     pub fn status(&self) -> StatusCode {
         self.code().status()
     }
@@ -394,6 +470,7 @@ impl GatewayError {
     }
 }
 
+/// The `Content-Type` of every problem answer.
 pub static PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
 impl IntoResponse for GatewayError {

@@ -13,6 +13,8 @@ use crate::{
     paths::{PRESIGN_PATH, SUCCESS_PATH},
 };
 
+/// Middleware, the innermost: refuses bad framing (a URL as target, not one `Host`,
+/// `Transfer-Encoding`), unknown paths and wrong methods before a handler runs.
 pub async fn strict_http(request: Request, next: Next) -> Response {
     match check(&request) {
         Ok(()) => next.run(request).await,

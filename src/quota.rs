@@ -20,9 +20,13 @@ use crate::{config::QuotaConfig, domain::QuotaKind};
 /// confirmed or expires).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaExceeded {
+    /// The quota that was reached.
     pub kind: QuotaKind,
+    /// The tier whose limit applied: the claimed one, or the default.
     pub tier: String,
+    /// That tier's limit for the quota (uploads or bytes).
     pub limit: u64,
+    /// When the quota frees up: the next UTC midnight for the daily ones.
     pub resets_at: Option<OffsetDateTime>,
 }
 
@@ -54,6 +58,7 @@ pub fn exceeded(
         resets_at,
     }
 }
+/// The first instant of the UTC day after `now`: when the daily quotas reset.
 pub fn next_utc_midnight(now: OffsetDateTime) -> OffsetDateTime {
     let now = now.to_offset(time::UtcOffset::UTC);
     (now.date().next_day().unwrap_or(now.date()))

@@ -25,7 +25,9 @@ pub fn whole_seconds_ceil(duration: Duration) -> u64 {
 /// What a client is told about its budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitHeaders {
+    /// The budget's size: the configured burst (`RateLimit-Limit`).
     pub limit: u32,
+    /// Requests left in the budget now (`RateLimit-Remaining`).
     pub remaining: u32,
     /// Until the budget is whole again.
     pub reset: Duration,
@@ -34,6 +36,8 @@ pub struct RateLimitHeaders {
 }
 
 impl RateLimitHeaders {
+    /// Writes `RateLimit-Limit`, `-Remaining`, `-Reset` (whole seconds, rounded up) and, when
+    /// refused, `Retry-After`.
     pub fn write(&self, headers: &mut HeaderMap) {
         headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
         headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
@@ -65,7 +69,9 @@ impl RateLimitHeaders {
 /// `burst` requests at once, the whole budget refilled over `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
+    /// Requests a user may make at once (`rate_limit_burst`).
     pub burst: u32,
+    /// Time over which a spent budget refills whole (`rate_limit_period`).
     pub period: Duration,
 }
 
@@ -75,6 +81,7 @@ impl RateLimit {
         (self.period / self.burst.max(1)).max(Duration::from_micros(1))
     }
 
+    /// [`RateLimit::emission_interval`] in microseconds, the unit the GCRA state is kept in.
     pub fn emission_interval_us(&self) -> i64 {
         i64::try_from(self.emission_interval().as_micros()).unwrap_or(i64::MAX)
     }

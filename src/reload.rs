@@ -21,8 +21,11 @@ use crate::{
 /// What a reload attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadOutcome {
+    /// The files are as they were at the last look: nothing was loaded.
     Unchanged,
+    /// New secrets and keys were loaded and put in force.
     Reloaded,
+    /// Loading failed; the previous secrets and keys stay in force.
     Failed,
 }
 
@@ -34,12 +37,15 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// Watches the files behind the configuration's `file:` secrets and its JWT public key files,
+    /// taking their current content as already loaded.
     pub fn new(config: &Config) -> Self {
         let files = watched_files(config);
         let last_seen = Mutex::new(fingerprint(&files));
         Self { files, last_seen }
     }
 
+    /// Whether there is any file to watch (otherwise the periodic check is not worth running).
     pub fn watches_files(&self) -> bool {
         !self.files.is_empty()
     }
@@ -78,9 +84,13 @@ fn fingerprint(files: &[PathBuf]) -> u64 {
 
 /// What a reload replaces: the upstream credentials and the verifier's static keys.
 pub struct ReloadTargets<'a> {
+    /// The configuration naming the secrets and key files to load.
     pub config: &'a Config,
+    /// Receives the new Kizen credentials.
     pub upstream: &'a UpstreamClient,
+    /// Receives the new static keys (and flushes its verified-token cache).
     pub verifier: &'a Verifier,
+    /// Counts the attempt in `kizen_gateway_reloads_total`.
     pub metrics: &'a Metrics,
 }
 

@@ -9,8 +9,11 @@ use serde::{Deserialize, Deserializer};
 /// Where a secret is read from. Never holds a value in clear `Debug` output.
 #[derive(Clone)]
 pub enum SecretSource {
+    /// `env:NAME`: the process's environment variable `NAME`.
     Env(String),
+    /// `file:/path`: a file's content without one trailing newline, re-read when it changes.
     File(PathBuf),
+    /// `value:literal`: the secret written in the configuration itself.
     Value(SecretString),
 }
 
@@ -102,10 +105,12 @@ impl fmt::Debug for SecretHeaderValue {
 }
 
 impl SecretHeaderValue {
+    /// The pre-built, sensitive header value sent upstream.
     pub fn header_value(&self) -> &http::HeaderValue {
         &self.value
     }
 
+    /// The secret as text: the form's `business_id`, and what Kizen's answers are scanned for.
     pub fn expose(&self) -> &str {
         self.secret.expose_secret()
     }

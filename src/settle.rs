@@ -37,17 +37,24 @@ const MAX_PENDING: usize = 10_000;
 pub enum Settlement {
     /// Kizen accepted it: consume the upload, keep the answer, count it toward the day.
     Confirmed {
+        /// Kizen's answer, kept to replay to a repeat of this confirmation.
         response: StoredResponse,
+        /// The size Kizen reported (`size_bytes`; 0 when absent), for the daily byte quota.
         size_bytes: u64,
+        /// When Kizen answered, by the app's clock: the day the confirmation counts toward.
         at: OffsetDateTime,
     },
     /// Kizen refused it or was not reached: give the upload back, counting a failed attempt.
     Failed {
+        /// When Kizen answered or the call failed, by the app's clock: the start of any backoff.
         at: OffsetDateTime,
+        /// The attempt limit and backoff the failed attempt counts against.
         rules: ClaimRules,
     },
 }
 
+/// Records the outcome of forwarded confirmations in the store, retrying in the background with
+/// backoff while the store fails, until `confirm.claim_lease` after the claim.
 #[derive(Clone)]
 pub struct Settler {
     store: Arc<dyn UploadStore>,
@@ -58,6 +65,7 @@ pub struct Settler {
 }
 
 impl Settler {
+    /// A settler over `store` whose retries stop `budget` after the claim.
     pub fn new(store: Arc<dyn UploadStore>, metrics: Arc<Metrics>, budget: Duration) -> Self {
         Self {
             store,

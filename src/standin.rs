@@ -28,7 +28,9 @@ use uuid::Uuid;
 /// What the stand-in expects from its callers.
 #[derive(Clone)]
 pub struct StandinConfig {
+    /// The X-API-KEY every call must carry.
     pub api_key: String,
+    /// The X-BUSINESS-ID every call must carry (and the confirmation form's `business_id`).
     pub business_id: String,
     /// `None`: any non-empty X-USER-ID.
     pub user_id: Option<String>,
@@ -49,15 +51,20 @@ impl std::fmt::Debug for StandinConfig {
 /// One request as the stand-in received it.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
+    /// The request's method, e.g. `GET`.
     pub method: String,
+    /// The request's path, without the query.
     pub path: String,
+    /// The raw query string, if any.
     pub query: Option<String>,
     /// Every header line, names lowercased, in order, duplicates kept.
     pub headers: Vec<(String, String)>,
+    /// The whole body as received.
     pub body: Bytes,
 }
 
 impl RecordedRequest {
+    /// Every value of header `name` (any case), in order.
     pub fn header_values(&self, name: &str) -> Vec<&str> {
         self.headers
             .iter()
@@ -66,10 +73,12 @@ impl RecordedRequest {
             .collect()
     }
 
+    /// The body as form fields (a repeated name keeps its last value).
     pub fn form(&self) -> HashMap<String, String> {
         form_urlencoded::parse(&self.body).into_owned().collect()
     }
 
+    /// The query's pairs, decoded, in order, duplicates kept.
     pub fn query_pairs(&self) -> Vec<(String, String)> {
         form_urlencoded::parse(self.query.as_deref().unwrap_or("").as_bytes())
             .into_owned()
@@ -80,16 +89,22 @@ impl RecordedRequest {
 /// Which endpoint a scripted answer replaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `GET /api/s3/presigned-post`.
     Presign,
+    /// `POST /api/s3/success`.
     Success,
 }
 
 /// A scripted answer, used once, in place of the normal behaviour.
 #[derive(Debug, Clone)]
 pub enum Scripted {
+    /// Answer with exactly this status, these headers and this body.
     Respond {
+        /// The status to answer with.
         status: u16,
+        /// Header lines to answer with, in order.
         headers: Vec<(String, String)>,
+        /// The body to answer with, verbatim.
         body: String,
     },
     /// Never answer (until the caller gives up).
@@ -115,6 +130,8 @@ struct Inner {
     script: VecDeque<(Endpoint, Scripted)>,
 }
 
+/// The stand-in: a handle on its state (requests received, uploads issued, scripted answers) that
+/// also serves it; clones share one state.
 #[derive(Clone)]
 pub struct Standin {
     config: Arc<StandinConfig>,
@@ -123,6 +140,7 @@ pub struct Standin {
 }
 
 impl Standin {
+    /// A stand-in that expects `config`'s credentials and has received nothing yet.
     pub fn new(config: StandinConfig) -> Self {
         Self {
             config: Arc::new(config),
@@ -175,6 +193,7 @@ impl Standin {
         self.lock().script.push_back((endpoint, answer));
     }
 
+    /// The stand-in's routes: both Kizen endpoints and the S3-like `/upload`, all recorded.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/api/s3/presigned-post", get(presign))

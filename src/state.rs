@@ -19,10 +19,15 @@ use crate::{
     upstream::UpstreamClient,
 };
 
+/// Everything a request needs, built once from the configuration (see [`App::from_config`]).
 pub struct App {
+    /// The validated configuration the app was built from.
     pub config: Config,
+    /// Verifies the end users' bearer tokens.
     pub verifier: Verifier,
+    /// The pooled client of the Kizen API, holding the server-side credentials.
     pub upstream: UpstreamClient,
+    /// The upload store of `store.kind`: issued uploads, rate-limit budgets, quota counters.
     pub store: Arc<dyn UploadStore>,
     /// Each user's presign budget (kept by the store).
     pub presign_rate: RateLimit,
@@ -30,13 +35,17 @@ pub struct App {
     pub confirm_rate: RateLimit,
     /// Retries the settle of forwarded confirmations whose outcome the store did not take.
     pub settler: Settler,
+    /// The app's clock for upload windows and quota days (tokens always use the system clock).
     pub clock: Arc<dyn Clock>,
+    /// The Prometheus metrics, served by the admin listener.
     pub metrics: Arc<Metrics>,
     /// Set on SIGTERM: readiness turns false before the listener closes.
     pub draining: AtomicBool,
+    /// Re-reads secret and key files when they change (see [`App::reload`]).
     pub reloader: Reloader,
 }
 
+/// The axum state of every handler and middleware: one shared [`App`], cheap to clone.
 #[derive(Clone)]
 pub struct AppState(pub Arc<App>);
 

@@ -38,7 +38,9 @@ use crate::{
 /// 504 for no answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
+    /// No connection could be made, or it broke before an answer.
     Unreachable,
+    /// No answer within `upstream.request_timeout`.
     Timeout,
     /// Not JSON, missing fields, too large, a redirect, or a leaked secret.
     BadResponse,
@@ -67,12 +69,16 @@ const RESPONSE_HEADER_ALLOWLIST: [HeaderName; 4] = [
 /// An upstream answer the client may see: 2xx, or a 4xx that describes the client's input.
 #[derive(Debug, Clone)]
 pub struct UpstreamAnswer {
+    /// Kizen's status: 2xx, or a 4xx other than 401/403.
     pub status: StatusCode,
+    /// Kizen's response headers, only those on the allowlist and naming no secret.
     pub headers: HeaderMap,
+    /// Kizen's body, at most `upstream.max_response_bytes` and never holding the API key.
     pub body: Bytes,
 }
 
 impl UpstreamAnswer {
+    /// Kizen's `Content-Type`, when it sent a readable one.
     pub fn content_type(&self) -> Option<&str> {
         self.headers
             .get(header::CONTENT_TYPE)
@@ -149,6 +155,8 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 static USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("kizen-gateway/", env!("CARGO_PKG_VERSION")));
 
+/// The client of the Kizen API: injects the server-held credentials into the presign and confirm
+/// calls, and vets every answer before a client sees it.
 pub struct UpstreamClient {
     client: HttpClient,
     scheme: Scheme,
@@ -220,6 +228,7 @@ impl UpstreamClient {
         })
     }
 
+    /// Forwards a validated presign (`GET /api/s3/presigned-post`) for `user`.
     pub async fn presign(
         &self,
         input: &PresignInput,
@@ -240,6 +249,8 @@ impl UpstreamClient {
         tracing::Instrument::instrument(self.send(&credentials, "presign", request), span).await
     }
 
+    /// Forwards the confirmation of `upload`, whose claim the caller holds, with the stored key and
+    /// the server-held `business_id` (`POST /api/s3/success`).
     pub async fn confirm(
         &self,
         input: &ConfirmInput,

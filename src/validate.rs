@@ -72,18 +72,26 @@ impl FieldError {
 /// A validated presign request, ready to be re-encoded upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresignInput {
+    /// The file's media type, `type/subtype`, allowed by `presign.allowed_content_types`.
     pub contenttype: String,
+    /// The file's bare name (no `/`, `\`, `.` or `..`), at most 255 bytes, no control characters.
     pub filename: String,
+    /// One of `presign.allowed_sources`: where in Kizen the file belongs.
     pub source: String,
 }
 
 /// A validated confirmation. `business_id` from the client is read only to be discarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfirmInput {
+    /// The upload to confirm: its `s3object_id` from the presign answer.
     pub uuid: Uuid,
+    /// The S3 key the presign issued (`fields.key`); must match the recorded one exactly.
     pub key: String,
+    /// The file's display name, under the same rules as a presign's `filename`.
     pub name: String,
+    /// The ETag S3 answered the browser's upload with: at most 256 visible ASCII characters.
     pub etag: String,
+    /// Whether the client asks for a public file; honoured only for `confirm.public_sources`.
     pub is_public: bool,
 }
 
@@ -185,6 +193,7 @@ fn file_name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
+/// Validates a presign's query string against `config`, reporting every invalid field at once.
 pub fn presign(
     query: Option<&str>,
     config: &PresignConfig,
@@ -274,6 +283,7 @@ pub fn is_form_content_type(value: Option<&http::HeaderValue>) -> bool {
         })
 }
 
+/// Validates a confirmation's form body, reporting every invalid field at once.
 pub fn confirm(body: &[u8]) -> Result<ConfirmInput, Vec<FieldError>> {
     let mut errors = Vec::new();
     let Ok(body) = std::str::from_utf8(body) else {

@@ -292,6 +292,7 @@ impl TokenCache {
             .sum()
     }
 
+    /// Whether no token is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

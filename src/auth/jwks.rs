@@ -28,6 +28,8 @@ use crate::config::JwksConfig;
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
+/// The identity provider's key set (`auth.jwks`): fetched at start, refreshed in the background,
+/// refetched on an unknown `kid` at most once per cooldown.
 pub struct JwksCache {
     url: reqwest::Url,
     client: reqwest::Client,
@@ -74,6 +76,7 @@ struct JwksDocument {
 }
 
 impl JwksCache {
+    /// A cache of the set at `url`, empty until its first fetch (see [`JwksCache::refresh`]).
     pub fn new(
         config: &JwksConfig,
         url: &str,
@@ -112,6 +115,7 @@ impl JwksCache {
             .inc();
     }
 
+    /// The key set in force: the last fetch that succeeded, or empty.
     pub fn keys(&self) -> Arc<KeySet> {
         self.keys.read().expect("jwks lock poisoned").clone()
     }

@@ -12,12 +12,16 @@ use crate::config::{AuthConfig, StaticKeyConfig};
 /// Claim rules shared by every key.
 #[derive(Debug, Clone)]
 pub struct ClaimRules {
+    /// Accepted `iss` values (`auth.issuers`, or the key's own issuer alone); empty: not checked.
     pub issuers: Vec<String>,
+    /// Accepted `aud` values (`auth.audiences`); empty: `aud` is not checked.
     pub audiences: Vec<String>,
+    /// Clock skew tolerated for `exp` and `nbf`, in whole seconds (`auth.leeway`).
     pub leeway_secs: u64,
 }
 
 impl ClaimRules {
+    /// The shared rules of `[auth]`: its issuers, audiences and leeway.
     pub fn from_config(auth: &AuthConfig) -> Self {
         Self {
             issuers: auth.issuers.clone(),
@@ -62,9 +66,14 @@ impl ClaimRules {
 
 /// A key that verifies exactly one algorithm.
 pub struct VerificationKey {
+    /// The `kid` a token must name to be verified by this key; `None`: any token of its algorithm.
     pub kid: Option<String>,
+    /// The one algorithm this key verifies; the token's `alg` must be the same.
     pub algorithm: Algorithm,
+    /// The parsed key material (an HMAC secret or a public key).
     pub key: DecodingKey,
+    /// The jsonwebtoken checks this key runs: its algorithm only, `exp`, `nbf`, and `iss` and `aud`
+    /// by its [`ClaimRules`].
     pub validation: Validation,
 }
 
@@ -79,6 +88,7 @@ impl std::fmt::Debug for VerificationKey {
 }
 
 impl VerificationKey {
+    /// A key pinned to `algorithm`, checking the claims by `rules`.
     pub fn new(
         kid: Option<String>,
         algorithm: Algorithm,
@@ -112,6 +122,7 @@ pub struct KeySet {
 }
 
 impl KeySet {
+    /// A set of these keys: the configured static keys, or the usable keys of one JWKS fetch.
     pub fn new(keys: Vec<VerificationKey>) -> Self {
         Self {
             keys: keys.into_iter().map(Arc::new).collect(),
@@ -132,14 +143,17 @@ impl KeySet {
         found
     }
 
+    /// Whether some key carries this `kid` (otherwise an unknown `kid` may trigger a JWKS refetch).
     pub fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
+    /// How many keys the set holds.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
+    /// Whether the set holds no key.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -182,6 +196,7 @@ fn load_static_key(
     ))
 }
 
+/// Parses a PEM public key for `algorithm`, refusing private keys and HMAC algorithms.
 pub fn decoding_key_from_pem(algorithm: Algorithm, pem: &[u8]) -> Result<DecodingKey, String> {
     let text = std::str::from_utf8(pem).map_err(|_| "not a PEM file".to_string())?;
     if text.contains("PRIVATE KEY") {

@@ -32,15 +32,26 @@ use keys::{ClaimRules, KeySet, VerificationKey};
 /// Why a token was refused. The code names the class of problem, never the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
+    /// No `Authorization` header, or one with another scheme than Bearer (`token_missing`).
     Missing,
+    /// Not one well-formed JWT: too long, wrong shape, undecodable, a non-numeric `iat`, or two
+    /// `Authorization` headers (`token_malformed`).
     Malformed,
+    /// An `alg`, `typ` or `crit` the gateway refuses, `none` included (`token_unsupported`).
     Unsupported,
+    /// No key serves the token's `kid` and `alg`, after any JWKS refetch (`token_unknown_key`).
     UnknownKey,
+    /// No candidate key verifies the signature (`token_bad_signature`).
     BadSignature,
+    /// `exp` is past, beyond the leeway (`token_expired`).
     Expired,
+    /// `nbf` or `iat` is in the future, beyond the leeway (`token_not_yet_valid`).
     NotYetValid,
+    /// `iss` is missing or not accepted by the key that verified the token (`token_wrong_issuer`).
     WrongIssuer,
+    /// `aud` is missing or names none of `auth.audiences` (`token_wrong_audience`).
     WrongAudience,
+    /// `exp`, the identity or the X-USER-ID claim is absent or unusable (`token_missing_claim`).
     MissingClaim,
 }
 
@@ -92,6 +103,8 @@ pub fn qualified_user_id(issuer: &str, subject: &str) -> String {
     format!("{issuer}{ISSUER_SUBJECT_SEPARATOR}{subject}")
 }
 
+/// Turns bearer tokens into users: the static keys, the JWKS, the claim rules and the
+/// verified-token cache, shared by every request and swapped in place on reload.
 pub struct Verifier {
     /// Replaced whole when key files change (see [`crate::reload`]).
     static_keys: std::sync::RwLock<Arc<KeySet>>,
@@ -183,6 +196,7 @@ impl Verifier {
         Some(jwks.spawn_refresh(refresh_interval))
     }
 
+    /// The JWKS cache, when `auth.jwks.url` is configured.
     pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
         self.jwks.as_ref()
     }
@@ -217,6 +231,7 @@ impl Verifier {
                 .is_some_and(|jwks| !jwks.keys().is_empty())
     }
 
+    /// Verifies `token` (cheapest checks first, see the module docs) and names its user.
     pub async fn verify(&self, token: &str) -> Result<AuthenticatedUser, AuthFailure> {
         if token.len() > self.max_token_bytes {
             return Err(AuthFailure::Malformed);

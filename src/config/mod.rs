@@ -29,97 +29,146 @@ pub const ENV_PREFIX: &str = "KIZEN_GATEWAY_";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: the public listener and its limits.
     pub server: ServerConfig,
+    /// `[admin]`: the listener of health, readiness, metrics and the OpenAPI document.
     pub admin: AdminConfig,
+    /// `[log]`: what is logged, and in which format.
     pub log: LogConfig,
+    /// `[cors]`: the browser origins allowed to call the gateway.
     pub cors: CorsConfig,
+    /// `[auth]`: how end-user JWTs are verified.
     pub auth: AuthConfig,
+    /// `[upstream]`: the Kizen API, and the server-held credentials sent to it.
     pub upstream: UpstreamConfig,
+    /// `[presign]`: what a presign may ask for, and how often.
     pub presign: PresignConfig,
+    /// `[confirm]`: how long, how often and with what a confirmation may come.
     pub confirm: ConfirmConfig,
+    /// `[quotas]`: per-user quotas, by tier.
     pub quotas: QuotaConfig,
+    /// `[store]`: where issued uploads, rate limits and quota counters are kept.
     pub store: StoreConfig,
+    /// `[reload]`: how often secret and key files are checked for new content.
     pub reload: ReloadConfig,
+    /// `[telemetry]`: OpenTelemetry trace export.
     pub telemetry: TelemetryConfig,
 }
 
+/// `[telemetry]`: exporting traces over OTLP.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
+    /// Export a span per request and per Kizen call over OTLP/HTTP (endpoint and headers from the
+    /// standard `OTEL_*` variables). Off by default; the client's `traceparent` goes upstream
+    /// either way.
     pub otlp_traces: bool,
 }
 
+/// `[reload]`: hot reload of the files behind `file:` secrets and of the JWT key files.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadConfig {
+    /// How often those files are checked for new content (default 10s); SIGHUP reloads at once.
     #[serde(deserialize_with = "positive_duration")]
     pub interval: Duration,
 }
 
+/// `[server]`: the public listener and the limits it puts on every request.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    /// Address the public listener binds (default `127.0.0.1:8080`; `--listen` overrides it).
     pub listen: SocketAddr,
+    /// Time a client has to send its whole request head (default 10s).
     #[serde(deserialize_with = "positive_duration")]
     pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; bigger gets 431. At least 8192.
     #[serde(deserialize_with = "header_bytes")]
     pub max_header_bytes: usize,
+    /// Most header lines in one request; more get 431 (default 64).
     #[serde(deserialize_with = "at_least_one")]
     pub max_headers: usize,
+    /// Deadline of a whole request, upstream call included (default 30s).
     #[serde(deserialize_with = "positive_duration")]
     pub request_timeout: Duration,
+    /// Requests served at once; beyond it the gateway sheds load with 503 rather than queueing.
     #[serde(deserialize_with = "at_least_one")]
     pub max_concurrent_requests: usize,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT (default 30s).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
 }
 
+/// `[admin]`: the listener of `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Address the admin listener binds: loopback by default, `0.0.0.0:9090` in Kubernetes.
     pub listen: SocketAddr,
 }
 
+/// `[log]`: the filter and format of the process's logs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `kizen_gateway=debug,info`, checked on load.
     #[serde(deserialize_with = "log_filter")]
     pub level: String,
+    /// `text` for people, `json` for log pipelines.
     pub format: LogFormat,
 }
 
+/// How log lines are written (`log.format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines (the default).
     Text,
+    /// One JSON object per line, for log pipelines.
     Json,
 }
 
+/// `[cors]`: which browser origins may call the gateway, and how long preflights are cached.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
+    /// Origins allowed to call the gateway, e.g. `https://app.example.com`; none by default.
     pub allowed_origins: Vec<Origin>,
+    /// How long a browser may cache a preflight answer (`Access-Control-Max-Age`; default 10m).
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
 }
 
+/// `[auth]`: which tokens are accepted, who their user is, and with which keys they are verified.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    /// The claim naming the end user (default `sub`): a non-empty string in every token.
     #[serde(deserialize_with = "claim_name")]
     pub user_claim: String,
+    /// Accepted `iss` values; when non-empty, `iss` is required and must be one of them. With more
+    /// than one issuer, a user is `<iss> <user claim>`.
     pub issuers: Vec<String>,
+    /// Accepted `aud` values; when non-empty, `aud` is required and must contain one of them.
+    /// Required with a JWKS or a public key unless [`allow_any_audience`](Self::allow_any_audience)
+    /// is set.
     pub audiences: Vec<String>,
     /// Accept tokens without checking `aud` although asymmetric keys are configured: any token
     /// the identity provider signed, for any application. Refused unless set explicitly.
     pub allow_any_audience: bool,
+    /// Clock skew tolerated for `exp`, `nbf` and `iat` (default 30s, at most 5m).
     #[serde(deserialize_with = "leeway")]
     pub leeway: Duration,
+    /// Longest token accepted, in bytes (default 8192); longer ones are refused before decoding.
     #[serde(deserialize_with = "at_least_one")]
     pub max_token_bytes: usize,
+    /// `[[auth.keys]]`: the static verification keys, each pinned to its algorithm.
     #[serde(default)]
     pub keys: Vec<StaticKeyConfig>,
+    /// `[auth.jwks]`: the identity provider's key set, fetched and refreshed in the background.
     pub jwks: JwksConfig,
+    /// `[auth.token_cache]`: the cache of tokens that verified.
     pub token_cache: TokenCacheConfig,
 }
 
@@ -127,7 +176,9 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCacheConfig {
+    /// Whether verified tokens are remembered, so that their next uses skip the signature check.
     pub enabled: bool,
+    /// Most tokens held (default 10000); when full, expired go first, then those closest to expiry.
     #[serde(deserialize_with = "at_least_one")]
     pub max_entries: usize,
 }
@@ -173,80 +224,122 @@ impl AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticKeyConfig {
+    /// The `kid` a token must name to be verified by this key; `None`: any or no `kid`.
     pub kid: Option<String>,
+    /// The algorithm this key is pinned to; a token must name the same `alg`.
     pub algorithm: JwtAlgorithm,
+    /// The HMAC secret (HS* only), as a secret source like `env:JWT_HS256_SECRET`.
     pub secret: Option<SecretSource>,
+    /// The PEM file of the public key (RS*, PS*, ES*, EdDSA); reloaded when its content changes.
     pub public_key_file: Option<std::path::PathBuf>,
     /// The only `iss` a token verified by this key may carry.
     pub issuer: Option<String>,
 }
 
+/// `[auth.jwks]`: the identity provider's JWKS endpoint and how it is fetched.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwksConfig {
+    /// The JWKS endpoint, e.g. `https://idp.example.com/.well-known/jwks.json`; `None`: no JWKS.
     pub url: Option<HttpUrl>,
     /// The only `iss` a token verified by a key of this set may carry.
     pub issuer: Option<String>,
+    /// How often the key set is refetched in the background (default 5m).
     #[serde(deserialize_with = "positive_duration")]
     pub refresh_interval: Duration,
+    /// Least time between two refetches triggered by a token with an unknown `kid` (default 30s).
     #[serde(with = "humantime_serde")]
     pub refetch_cooldown: Duration,
+    /// Deadline of one JWKS fetch (default 5s).
     #[serde(deserialize_with = "positive_duration")]
     pub fetch_timeout: Duration,
+    /// The algorithm RSA keys without an `alg` are pinned to (default RS256); EC and OKP keys are
+    /// pinned by their curve.
     pub rsa_algorithm: RsaAlgorithm,
 }
 
+/// `[upstream]`: the Kizen API, the credentials injected into every call, and the call's limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// Base URL of the Kizen API (default `https://app.kizen.com`); only its presign and confirm
+    /// endpoints are called.
     pub base_url: HttpUrl,
+    /// The Kizen API key, sent as `X-API-KEY`; never shown to a browser.
     pub api_key: SecretSource,
+    /// The Kizen business id, sent as `X-BUSINESS-ID`.
     pub business_id: SecretSource,
+    /// The constant `X-USER-ID`, used unless [`user_id_claim`](Self::user_id_claim) is set.
     pub user_id: SecretSource,
+    /// A JWT claim to take `X-USER-ID` from, per user, instead of the constant `user_id`.
     #[serde(default, deserialize_with = "optional_claim_name")]
     pub user_id_claim: Option<String>,
+    /// Client request headers passed upstream (default `accept-language`); all others are dropped.
     pub forward_headers: Vec<ForwardableHeader>,
+    /// Deadline of opening a connection to the Kizen API (default 3s).
     #[serde(deserialize_with = "positive_duration")]
     pub connect_timeout: Duration,
+    /// Deadline of one Kizen call, answer included (default 15s).
     #[serde(deserialize_with = "positive_duration")]
     pub request_timeout: Duration,
+    /// Largest Kizen answer accepted, in bytes; a bigger one is refused with 502 (default 1 MiB).
     #[serde(deserialize_with = "at_least_one")]
     pub max_response_bytes: usize,
+    /// Idle pooled connections kept per upstream host (default 64).
     pub pool_max_idle_per_host: usize,
 }
 
+/// `[presign]`: which content types and sources a presign may name, and the per-user rate limit.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresignConfig {
+    /// Allowed `contenttype` values, wildcards like `image/*` included; empty: any `type/subtype`.
     pub allowed_content_types: Vec<ContentTypePattern>,
+    /// Allowed `source` values, a non-empty subset of [`KIZEN_SOURCES`] (default: all eleven).
     #[serde(deserialize_with = "some_sources")]
     pub allowed_sources: Vec<Source>,
+    /// Presigns one user may make at once before the rate limit applies (default 10).
     #[serde(deserialize_with = "at_least_one_u32")]
     pub rate_limit_burst: u32,
+    /// Time over which the presign budget of `rate_limit_burst` refills (default 1m).
     #[serde(deserialize_with = "positive_duration")]
     pub rate_limit_period: Duration,
 }
 
+/// `[confirm]`: the confirmation window, the claim held while forwarding, retries, rate limit.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmConfig {
+    /// How long after the upload's `expires_at` a confirmation is still accepted (default 1h).
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// A confirmation is never accepted later than this after the presign, whatever `expires_at`.
     #[serde(deserialize_with = "positive_duration")]
     pub max_window: Duration,
+    /// How long an expired upload is remembered after its window closes, to answer 410 rather than
+    /// 404 (default 1h, at least 1h).
     #[serde(deserialize_with = "at_least_an_hour")]
     pub remember_expired: Duration,
+    /// Largest confirmation body, in bytes; bigger gets 413 (default 8192).
     #[serde(deserialize_with = "at_least_one")]
     pub max_body_bytes: usize,
+    /// Sources whose uploads may be confirmed with `is_public=true`; others get it forced false.
     pub public_sources: Vec<Source>,
+    /// How long a confirmation holds its upload, from before the forward until Kizen's answer is
+    /// recorded (default 1m; at least `upstream.request_timeout` + 2 x
+    /// `store.redis.operation_timeout` + 5s).
     #[serde(deserialize_with = "positive_duration")]
     pub claim_lease: Duration,
+    /// Failed confirmations of one upload before it backs off, with 429 (default 5).
     #[serde(deserialize_with = "at_least_one_u32")]
     pub max_attempts: u32,
+    /// How long an upload that used up its attempts backs off after its last failure (default 1m).
     #[serde(deserialize_with = "positive_duration")]
     pub attempt_backoff: Duration,
+    /// Confirmations one user may make at once before the rate limit applies (default 30).
     #[serde(deserialize_with = "at_least_one_u32")]
     pub rate_limit_burst: u32,
+    /// Time over which the confirmation budget of `rate_limit_burst` refills (default 1m).
     #[serde(deserialize_with = "positive_duration")]
     pub rate_limit_period: Duration,
 }
@@ -258,7 +351,9 @@ pub struct QuotaConfig {
     /// JWT claim naming the user's tier.
     #[serde(default, deserialize_with = "optional_claim_name")]
     pub tier_claim: Option<String>,
+    /// The tier of users whose claim is missing or names no configured tier (default `default`).
     pub default_tier: String,
+    /// The limits of each tier, by name (`[quotas.tiers.<name>]`); must include the default tier.
     pub tiers: BTreeMap<String, TierLimits>,
 }
 
@@ -266,9 +361,12 @@ pub struct QuotaConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TierLimits {
+    /// Issued but unconfirmed uploads one user may hold at once (default 20).
     #[serde(deserialize_with = "at_least_one")]
     pub max_outstanding: usize,
+    /// Confirmed uploads per UTC day.
     pub max_uploads_per_day: Option<u64>,
+    /// Confirmed bytes (Kizen's `size_bytes`) per UTC day.
     pub max_bytes_per_day: Option<u64>,
 }
 
@@ -284,33 +382,50 @@ impl QuotaConfig {
     }
 }
 
+/// `[store]`: which store keeps issued uploads, rate limits and quota counters, and its limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `memory` (one replica, lost on restart) or `redis` (shared by every replica).
     pub kind: StoreKind,
+    /// Memory store only: uploads held at once across all users, in every state (default 100000).
     #[serde(deserialize_with = "at_least_one")]
     pub max_uploads: usize,
+    /// Memory store only: entries one user may hold, all states together (default 1000); must
+    /// exceed every tier's `max_outstanding`.
     pub max_uploads_per_user: usize,
+    /// Memory store only: how often expired entries are swept (default 1m).
     #[serde(deserialize_with = "positive_duration")]
     pub sweep_interval: Duration,
+    /// `[store.redis]`: the Redis server or cluster, used when `kind = "redis"`.
     pub redis: RedisConfig,
 }
 
+/// Which store backs the gateway (`store.kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
+    /// In-process: one replica only, everything lost on restart.
     Memory,
+    /// Redis: any number of replicas share one truth.
     Redis,
 }
 
+/// `[store.redis]`: how the gateway reaches Redis.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// One `redis://` or `rediss://` URL, or with [`cluster`](Self::cluster) the seed nodes of a
+    /// Redis Cluster.
     pub urls: Vec<RedisUrl>,
+    /// Whether [`urls`](Self::urls) name the seed nodes of a Redis Cluster rather than one server.
     pub cluster: bool,
+    /// The Redis password, as a secret source; never inside a URL.
     pub password: Option<SecretSource>,
+    /// Prefix of every key, so that deployments can share one Redis (default `kizen-gateway`).
     #[serde(deserialize_with = "key_prefix")]
     pub prefix: String,
+    /// Bound on every Redis operation (default 250ms); past it, 503 and nothing is forwarded.
     #[serde(deserialize_with = "positive_duration")]
     pub operation_timeout: Duration,
 }

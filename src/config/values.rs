@@ -102,6 +102,7 @@ impl FromStr for HttpUrl {
 }
 
 impl HttpUrl {
+    /// The URL exactly as configured.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -140,6 +141,7 @@ impl FromStr for RedisUrl {
 }
 
 impl RedisUrl {
+    /// The URL exactly as configured (without a password, which is never in it).
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -165,6 +167,7 @@ impl FromStr for Origin {
 }
 
 impl Origin {
+    /// The origin as the `Access-Control-Allow-Origin` value it is answered with.
     pub fn header_value(&self) -> &HeaderValue {
         &self.0
     }
@@ -207,6 +210,7 @@ impl FromStr for Source {
 }
 
 impl Source {
+    /// The value as the Kizen API spells it, e.g. `field_value`.
     pub fn as_str(self) -> &'static str {
         self.0
     }
@@ -249,6 +253,7 @@ impl ContentTypePattern {
         }
     }
 
+    /// The pattern as configured, e.g. `image/*`.
     pub fn as_str(&self) -> &str {
         &self.0
     }

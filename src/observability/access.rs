@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::{metrics::Metrics, traces};
 use crate::paths::route_label;
 
+/// The header that carries the request id, in both directions.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The outcome of a request in one word, set by the handler or the error; the access line logs it.
@@ -32,10 +33,12 @@ pub struct RequestId(pub Arc<str>);
 pub struct RequestUser(Arc<OnceLock<String>>);
 
 impl RequestUser {
+    /// Names the authenticated user (its qualified id); only the first call counts.
     pub fn set(&self, user: &str) {
         let _ = self.0.set(user.to_owned());
     }
 
+    /// The user named by [`set`](Self::set), if the request got that far.
     pub fn get(&self) -> Option<&str> {
         self.0.get().map(String::as_str)
     }

@@ -5,6 +5,7 @@
 use super::metrics::{Metrics, ReasonLabels};
 use crate::domain::IssuedUpload;
 
+/// Records a presigned upload: counts `uploads_issued` and logs `upload_issued`.
 pub fn issued(metrics: &Metrics, upload: &IssuedUpload, request_id: &str) {
     metrics.uploads_issued.inc();
     tracing::info!(
@@ -19,6 +20,7 @@ pub fn issued(metrics: &Metrics, upload: &IssuedUpload, request_id: &str) {
     );
 }
 
+/// Records an upload Kizen confirmed: counts `uploads_confirmed` and logs `upload_confirmed`.
 pub fn confirmed(metrics: &Metrics, upload: &IssuedUpload, request_id: &str) {
     metrics.uploads_confirmed.inc();
     tracing::info!(
@@ -31,6 +33,8 @@ pub fn confirmed(metrics: &Metrics, upload: &IssuedUpload, request_id: &str) {
     );
 }
 
+/// Records a refused confirmation, with its problem code as `reason`: counts `uploads_rejected`
+/// and logs `upload_rejected`.
 pub fn rejected(
     metrics: &Metrics,
     user: &str,
@@ -53,6 +57,7 @@ pub fn rejected(
     );
 }
 
+/// Records an upload forgotten unconfirmed: counts `uploads_expired` and logs `upload_expired`.
 pub fn expired(metrics: &Metrics, upload: &IssuedUpload) {
     metrics.uploads_expired.inc();
     tracing::info!(

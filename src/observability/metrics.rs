@@ -7,31 +7,45 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+/// The labels of `kizen_gateway_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// The route's fixed label ([`crate::paths::route_label`]): `presign`, `confirm` or `other`.
     pub route: &'static str,
+    /// The HTTP status answered.
     pub status: u16,
+    /// The request's outcome in one word: a problem code, or a success word such as `ok`.
     pub outcome: &'static str,
 }
 
+/// The labels of the duration histograms: the route alone.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
+    /// The route's fixed label: `presign`, `confirm` or `other`.
     pub route: &'static str,
 }
 
+/// The labels of counters broken down by why something was refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
+    /// A problem code, from a fixed vocabulary: `token_expired`, `daily_upload_quota_exceeded`, ...
     pub reason: &'static str,
 }
 
+/// The labels of counters broken down by how an operation ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
+    /// A fixed word: `success`/`failure` for JWKS fetches; `settled`, `retried`, `stale` or
+    /// `abandoned` for settles.
     pub result: &'static str,
 }
 
+/// The labels of `kizen_gateway_reloads_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
+    /// What triggered the reload: `file` (a changed file seen by the periodic check) or `sighup`.
     pub source: &'static str,
+    /// `success`, or `failure` when the new files did not load and the old values stay in force.
     pub result: &'static str,
 }
 
@@ -42,25 +56,44 @@ fn latency_histogram() -> Histogram {
     ))
 }
 
+/// The gateway's Prometheus metrics, all prefixed `kizen_gateway_`, served on the admin `/metrics`.
 pub struct Metrics {
     registry: Registry,
+    /// `kizen_gateway_requests_total`: requests answered, by route, status and outcome.
     pub requests: Family<RequestLabels, Counter>,
+    /// `kizen_gateway_request_duration_seconds`: time to answer a request, upstream call included.
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// `kizen_gateway_upstream_duration_seconds`: time of Kizen calls that got an answer, by route.
     pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// `kizen_gateway_auth_failures_total`: refused bearer tokens, by reason (the `token_*` codes).
     pub auth_failures: Family<ReasonLabels, Counter>,
+    /// `kizen_gateway_rate_limited_total`: presigns and confirmations refused by a rate limit.
     pub rate_limited: Counter,
+    /// `kizen_gateway_quota_rejections_total`: presigns refused by a quota, by its problem code.
     pub quota_rejections: Family<ReasonLabels, Counter>,
+    /// `kizen_gateway_uploads_issued_total`: uploads presigned and recorded.
     pub uploads_issued: Counter,
+    /// `kizen_gateway_uploads_confirmed_total`: uploads confirmed upstream.
     pub uploads_confirmed: Counter,
+    /// `kizen_gateway_uploads_rejected_total`: confirmations refused, by reason.
     pub uploads_rejected: Family<ReasonLabels, Counter>,
+    /// `kizen_gateway_uploads_expired_total`: uploads forgotten without ever being confirmed.
     pub uploads_expired: Counter,
+    /// `kizen_gateway_store_entries`: uploads held by the memory store, set on each scrape.
     pub store_entries: Gauge,
+    /// `kizen_gateway_store_errors_total`: requests refused because the store failed or was full.
     pub store_errors: Counter,
+    /// `kizen_gateway_jwks_refreshes_total`: JWKS fetches, by result.
     pub jwks_refreshes: Family<ResultLabels, Counter>,
+    /// `kizen_gateway_reloads_total`: re-reads of secret and key files, by source and result.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// `kizen_gateway_confirmation_settles_total`: outcomes of recording forwarded confirmations.
     pub settles: Family<ResultLabels, Counter>,
+    /// `kizen_gateway_token_cache_hits_total`: tokens accepted from the cache, no signature check.
     pub token_cache_hits: Counter,
+    /// `kizen_gateway_token_cache_misses_total`: tokens not in the cache, verified in full.
     pub token_cache_misses: Counter,
+    /// `kizen_gateway_token_cache_evictions_total`: unexpired tokens dropped from the full cache.
     pub token_cache_evictions: Counter,
 }
 
@@ -77,6 +110,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kizen_gateway");
         let metrics = Self {
@@ -245,6 +279,7 @@ impl Metrics {
         self.settles.get_or_create(&ResultLabels { result }).inc();
     }
 
+    /// Every metric in the OpenMetrics text format, as `/metrics` serves it.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -29,6 +29,8 @@ use crate::{
 /// Marks an answer replayed from a confirmation that already succeeded.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
+/// The `POST /api/s3/success` handler: claims, forwards and settles one confirmation (see the
+/// module docs), or replays the answer of one that already succeeded.
 pub async fn confirm(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,

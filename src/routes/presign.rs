@@ -20,6 +20,8 @@ use crate::{
     upstream::UpstreamFailure,
 };
 
+/// The `GET /api/s3/presigned-post` handler: admits, forwards and records one presign (see the
+/// module docs), answering with Kizen's body verbatim.
 pub async fn presign(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,

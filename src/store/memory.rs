@@ -296,6 +296,7 @@ fn issued(user: &str, id: Uuid, entry: &Entry) -> IssuedUpload {
     }
 }
 
+/// The upload store of one replica: everything in this process, lost on restart.
 #[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -305,6 +306,7 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store bounded by `limits`.
     pub fn new(limits: StoreLimits) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),

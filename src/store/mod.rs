@@ -1,5 +1,5 @@
 //! Which upload was issued to whom, and its confirmation state. One trait, one file per backend;
-//! every backend passes the same contract suite (`tests/store_contract.rs`).
+//! every backend passes the same contract suite (`tests/it/store_contract.rs`).
 //!
 //! Lifecycle of one upload:
 //! `record` (issued) -> `claim` (the commitment to forward one confirmation, under a lease) ->
@@ -59,8 +59,11 @@ pub(crate) fn from_unix_ms(ms: i64) -> OffsetDateTime {
 /// The upstream's answer to a successful confirmation, kept to answer idempotent repeats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
+    /// Kizen's status (2xx).
     pub status: u16,
+    /// Kizen's `Content-Type`, replayed as it was.
     pub content_type: Option<String>,
+    /// Kizen's body, at most [`MAX_STORED_RESPONSE_BYTES`] to be kept.
     pub body: Bytes,
 }
 
@@ -72,9 +75,13 @@ pub struct Lease(pub Uuid);
 /// confirmed plus open uploads, and today's bytes), then the user's presign budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PresignRules {
+    /// Open uploads the user may hold at once (the tier's `max_outstanding`).
     pub max_outstanding: usize,
+    /// Confirmed plus open uploads the user may reach today (UTC); `None`: no limit.
     pub max_uploads_per_day: Option<u64>,
+    /// Confirmed bytes the user may reach today (UTC); `None`: no limit.
     pub max_bytes_per_day: Option<u64>,
+    /// The user's presign budget (`presign.rate_limit_*`).
     pub rate: RateLimit,
 }
 
@@ -94,6 +101,7 @@ pub enum Admission {
 /// here, since a presign only saw the usage of its moment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClaimRules {
+    /// The user's confirmation budget (`confirm.rate_limit_*`), spent by every claim attempt.
     pub rate: RateLimit,
     /// Failed confirmations (released claims) after which the upload backs off.
     pub max_attempts: u32,
@@ -119,22 +127,28 @@ pub enum Settled {
 /// upstream answer cannot overflow the day's byte counter (2^53 - 1 stays exact in Lua's doubles).
 pub const MAX_COUNTED_BYTES: u64 = (1 << 53) - 1;
 
+/// The verdict of [`UploadStore::claim`] on one confirmation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// This caller now holds the upload; it must `consume` or `release` it.
     Claimed {
+        /// Proof of this claim, required to settle it.
         lease: Lease,
+        /// The upload as recorded, to forward and to settle.
         upload: IssuedUpload,
     },
     /// Unknown uuid, or issued to another user: the same answer, so there is no oracle.
     NotFound,
+    /// The key does not match the one issued for the upload.
     KeyMismatch,
+    /// The upload's confirmation window has closed (it is remembered `remember_expired` longer).
     Expired,
     /// Another confirmation holds the upload and has not settled (it may be in flight, or its
     /// outcome may not be recorded yet): answered 409, never forwarded again.
     InFlight,
     /// The upload used up its confirmation attempts; it takes new ones again at `until`.
     BackingOff {
+        /// When the backoff ends (the last failure plus `confirm.attempt_backoff`).
         until: OffsetDateTime,
     },
     /// The user reached a daily quota; the upload stays issued.
@@ -148,16 +162,25 @@ pub enum ClaimOutcome {
 /// A claim's verdict, and the user's confirmation budget after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
+    /// What the claim found.
     pub outcome: ClaimOutcome,
+    /// The user's confirmation budget after this attempt, sent as the `RateLimit-*` headers.
     pub budget: RateLimitHeaders,
 }
 
+/// Why a store operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// The user already holds their tier's cap of open uploads (checked again at record time).
     #[error("the user holds {limit} outstanding uploads")]
-    UserCapReached { limit: usize },
+    UserCapReached {
+        /// The cap reached: the tier's `max_outstanding`.
+        limit: usize,
+    },
+    /// The memory store is at `store.max_uploads` and has nothing it may evict.
     #[error("the store is full")]
     Full,
+    /// The backend failed or did not answer within `store.redis.operation_timeout`.
     #[error("the store is unavailable")]
     Unavailable,
     /// The s3object_id is already recorded: the upstream issued one id twice.
@@ -181,6 +204,8 @@ pub struct StoreLimits {
 /// Largest upstream answer kept for idempotent repeats; a larger one is not replayed (409).
 pub const MAX_STORED_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// Where issued uploads, their confirmation state, the users' rate-limit budgets and quota counters
+/// are kept: in memory ([`MemoryStore`]) or in Redis ([`RedisStore`]), with the same contract.
 #[async_trait]
 pub trait UploadStore: Send + Sync + 'static {
     /// The user's open uploads and today's confirmed uploads and bytes, in one read.

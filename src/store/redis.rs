@@ -31,7 +31,9 @@ use crate::rate_limit::{RateLimit, RateLimitHeaders};
 /// A connection to one node (reconnecting by itself) or to a cluster.
 #[derive(Clone)]
 pub enum RedisConnection {
+    /// One node (`store.redis.cluster = false`).
     Single(redis::aio::ConnectionManager),
+    /// A Redis Cluster, found from its seed nodes.
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
@@ -71,8 +73,11 @@ impl ConnectionLike for RedisConnection {
 pub struct RedisSettings {
     /// `redis://` or `rediss://` URLs: one for a single node, the seed nodes for a cluster.
     pub urls: Vec<String>,
+    /// Whether `urls` are the seed nodes of a Redis Cluster.
     pub cluster: bool,
+    /// `AUTH` password, kept out of the URLs (which appear in errors).
     pub password: Option<secrecy::SecretString>,
+    /// First part of every key, so that several gateways can share one Redis.
     pub prefix: String,
     /// Bound on every operation, connecting included.
     pub operation_timeout: Duration,
@@ -85,12 +90,16 @@ pub struct KeyBuilder {
 }
 
 impl KeyBuilder {
+    /// `<prefix>:{u<hex user>}:<suffix>`: every key of a user hashes to the same cluster slot, so
+    /// one script can touch all of them.
     pub fn user_key(&self, user: &str, suffix: &str) -> String {
         // "u" keeps the tag non-empty for an empty id: `{}` would hash the whole key instead.
         format!("{}:{{u{}}}:{suffix}", self.prefix, hex(user))
     }
 }
 
+/// The upload store of many replicas: every operation one Lua script (or command) on the user's
+/// keys, timed by the Redis server's clock.
 pub struct RedisStore {
     connection: RedisConnection,
     keys: KeyBuilder,
@@ -365,6 +374,7 @@ impl RedisStore {
         self.connection.clone()
     }
 
+    /// How this store names its keys (tests inspect them).
     pub fn key_builder(&self) -> KeyBuilder {
         self.keys.clone()
     }
@@ -394,6 +404,7 @@ impl RedisStore {
         }
     }
 
+    /// One round trip, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let _: String = self
