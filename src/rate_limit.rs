@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// Seconds for `Retry-After` and `RateLimit-Reset`: rounded up, never 0 while waiting.
 pub fn whole_seconds_ceil(duration: Duration) -> u64 {
@@ -21,6 +21,11 @@ pub fn whole_seconds_ceil(duration: Duration) -> u64 {
         secs
     }
 }
+
+// Named once: a `&str` name is parsed again on every insert.
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// What a client is told about its budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,10 +44,13 @@ impl RateLimitHeaders {
     /// Writes `RateLimit-Limit`, `-Remaining`, `-Reset` (whole seconds, rounded up) and, when
     /// refused, `Retry-After`.
     pub fn write(&self, headers: &mut HeaderMap) {
-        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(self.limit));
         headers.insert(
-            "ratelimit-reset",
+            RATELIMIT_REMAINING.clone(),
+            HeaderValue::from(self.remaining),
+        );
+        headers.insert(
+            RATELIMIT_RESET.clone(),
             HeaderValue::from(whole_seconds_ceil(self.reset)),
         );
         if let Some(wait) = self.retry_after {

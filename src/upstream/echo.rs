@@ -40,9 +40,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         return false;
     }
     if !needle.contains(&b' ') {
-        return haystack
-            .windows(needle.len())
-            .any(|window| window == needle);
+        // memchr's SIMD substring search: a window-by-window compare cost ~10k instructions
+        // per answer.
+        return memchr::memmem::find(haystack, needle).is_some();
     }
     haystack.windows(needle.len()).any(|window| {
         window
