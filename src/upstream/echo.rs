@@ -20,7 +20,7 @@ pub(super) fn names_any(haystack: &[u8], secrets: &[&[u8]]) -> bool {
     let mut decoded: Option<Vec<u8>> = None;
     for _ in 0..MAX_DECODE_ROUNDS {
         let text = decoded.as_deref().unwrap_or(haystack);
-        if !text.iter().any(|&b| b == b'\\' || b == b'%') {
+        if memchr::memchr2(b'\\', b'%', text).is_none() {
             return false;
         }
         match decode(text) {
