@@ -1,5 +1,6 @@
 //! The outermost middleware: the request id (the client's when sane, echoed on the answer) and one
-//! access line per request with route, user, status, latency and outcome.
+//! line per request with route, user, status, latency and outcome, and the audit step the request
+//! caused, if any (see [`super::audit`]).
 
 use std::{
     sync::{Arc, OnceLock},
@@ -8,13 +9,17 @@ use std::{
 
 use axum::{
     extract::{Request, State},
-    http::{HeaderName, HeaderValue},
+    http::{HeaderName, HeaderValue, Method},
     middleware::Next,
     response::Response,
 };
 use uuid::Uuid;
 
-use super::{metrics::Metrics, traces};
+use super::{
+    audit::{AuditEvent, AuditStep},
+    metrics::Metrics,
+    traces,
+};
 use crate::paths::route_label;
 
 /// The header that carries the request id, in both directions.
@@ -120,16 +125,69 @@ pub async fn observe(
         });
     let elapsed = started.elapsed().as_secs_f64();
     metrics.observe_request(route, status.as_u16(), outcome, elapsed);
-    tracing::info!(
-        target: "kizen_gateway::access",
-        request_id = request_id.as_deref().unwrap_or("-"),
-        method = %method,
-        route,
-        user = ?user.get().unwrap_or("-"),
-        status = status.as_u16(),
-        latency_ms = elapsed * 1000.0,
-        outcome,
-        "request"
+    let audit = response.extensions_mut().remove::<AuditEvent>();
+    write_line(
+        &AccessLine {
+            request_id: request_id.as_deref().unwrap_or("-"),
+            method: &method,
+            route,
+            user: user.get().unwrap_or("-"),
+            status: status.as_u16(),
+            latency_ms: elapsed * 1000.0,
+            outcome,
+        },
+        audit.as_ref(),
     );
     response
+}
+
+/// What the access line says of every request.
+struct AccessLine<'a> {
+    request_id: &'a str,
+    method: &'a Method,
+    route: &'static str,
+    user: &'a str,
+    status: u16,
+    latency_ms: f64,
+    outcome: &'static str,
+}
+
+/// The request's one line: under `kizen_gateway::audit`, with the step's fields, when the request
+/// moved an upload along; under `kizen_gateway::access` otherwise.
+fn write_line(line: &AccessLine<'_>, audit: Option<&AuditEvent>) {
+    let AccessLine {
+        request_id,
+        method,
+        route,
+        user,
+        status,
+        latency_ms,
+        outcome,
+    } = *line;
+    match audit.map(AuditEvent::take) {
+        None => tracing::info!(
+            target: "kizen_gateway::access",
+            request_id, method = %method, route, user = ?user, status, latency_ms, outcome,
+            "request"
+        ),
+        Some((AuditStep::Issued { source, window_end }, s3object_id)) => tracing::info!(
+            target: "kizen_gateway::audit",
+            request_id, method = %method, route, user = ?user, status, latency_ms, outcome,
+            event = "upload_issued", s3object_id = %s3object_id, source = %source,
+            window_end = %window_end,
+            "upload issued"
+        ),
+        Some((AuditStep::Confirmed, s3object_id)) => tracing::info!(
+            target: "kizen_gateway::audit",
+            request_id, method = %method, route, user = ?user, status, latency_ms, outcome,
+            event = "upload_confirmed", s3object_id = %s3object_id,
+            "upload confirmed"
+        ),
+        Some((AuditStep::Rejected { reason }, s3object_id)) => tracing::info!(
+            target: "kizen_gateway::audit",
+            request_id, method = %method, route, user = ?user, status, latency_ms, outcome,
+            event = "upload_rejected", s3object_id = %s3object_id, reason = *reason,
+            "confirmation rejected"
+        ),
+    }
 }

@@ -4,6 +4,8 @@
 //! (anything else) so that the user can retry; audit. The settle is retried in the background if
 //! the store fails (see [`crate::settle`]); until it lands the upload is never forwarded again.
 
+use std::sync::Arc;
+
 use axum::{
     Extension,
     extract::State,
@@ -15,10 +17,11 @@ use tokio::time::Instant;
 use super::{extract::ConfirmForm, upstream_response};
 use crate::{
     auth::AuthenticatedUser,
+    domain::IssuedUpload,
     error::GatewayError,
     observability::{
         access::{Outcome, RequestId},
-        audit,
+        audit::{self, AuditEvent},
     },
     quota,
     settle::Settlement,
@@ -82,14 +85,10 @@ pub async fn confirm(
                 }
                 _ => GatewayError::AlreadyConfirmed,
             };
-            audit::rejected(
-                &state.metrics,
-                &user.id,
-                &input.uuid,
-                error.code().as_str(),
-                &request_id.0,
-            );
-            return Err(error);
+            let reason = error.code().as_str();
+            let audited =
+                audit::rejected(&state.metrics, &user.id, input.uuid, reason, &request_id.0);
+            return Ok(with_audit(error.into_response(), audited));
         }
     };
 
@@ -130,31 +129,53 @@ pub async fn confirm(
 
         // Upstream accepted it: the client hears so whether or not the store took the outcome at
         // once; a repeat meanwhile gets 409, never a second forward.
-        let mut response = match forwarded {
+        let (response, audited) = match forwarded {
             Ok(answer) if answer.status.is_success() => {
-                audit::confirmed(&state.metrics, &upload, &request_id.0);
-                upstream_response(answer, "confirmed")
+                let audited = audit::confirmed(&state.metrics, &upload, &request_id.0);
+                let mut response = upstream_response(answer, "confirmed");
+                budget.write(response.headers_mut());
+                (response, audited)
             }
-            other => {
-                let reason = match &other {
-                    Ok(_) => "upstream_rejected_input",
-                    Err(failure) => GatewayError::from(*failure).code().as_str(),
-                };
-                audit::rejected(
-                    &state.metrics,
-                    &upload.user,
-                    &upload.s3object_id,
-                    reason,
-                    &request_id.0,
-                );
-                other.map(|answer| upstream_response(answer, "upstream_rejected_input"))?
+            Ok(answer) => {
+                let reason = "upstream_rejected_input";
+                let audited = rejected_upstream(&state, &upload, reason, &request_id.0);
+                let mut response = upstream_response(answer, reason);
+                budget.write(response.headers_mut());
+                (response, audited)
+            }
+            Err(failure) => {
+                let error = GatewayError::from(failure);
+                let reason = error.code().as_str();
+                let audited = rejected_upstream(&state, &upload, reason, &request_id.0);
+                (error.into_response(), audited)
             }
         };
-        budget.write(response.headers_mut());
-        Ok(response)
+        Ok(with_audit(response, audited))
     });
     task.await
         .map_err(|_| GatewayError::Internal("the confirmation task panicked"))?
+}
+
+/// A confirmation Kizen refused or never answered.
+fn rejected_upstream(
+    state: &AppState,
+    upload: &IssuedUpload,
+    reason: &'static str,
+    request_id: &Arc<str>,
+) -> AuditEvent {
+    audit::rejected(
+        &state.metrics,
+        &upload.user,
+        upload.s3object_id,
+        reason,
+        request_id,
+    )
+}
+
+/// `response`, carrying the audit step to the request's log line.
+fn with_audit(mut response: Response, audited: AuditEvent) -> Response {
+    response.extensions_mut().insert(audited);
+    response
 }
 
 /// The stored object's `size_bytes`, counted toward the daily byte quota (0 when absent; the

@@ -80,10 +80,11 @@ pub async fn presign(
         return Err(quota::exceeded(quotas, user.tier.as_deref(), kind, now).into());
     }
     recorded?;
-    audit::issued(&state.metrics, &upload, &request_id.0);
+    let audited = audit::issued(&state.metrics, &upload, &request_id.0);
 
     let mut response = upstream_response(answer, "issued");
     budget.write(response.headers_mut());
+    response.extensions_mut().insert(audited);
     Ok(response)
 }
 
