@@ -1,9 +1,8 @@
 //! Input rules for both routes. Every invalid field is reported at once, by name; nothing is
 //! forwarded until the whole input is valid.
 
-use uuid::Uuid;
-
 use serde::Serialize;
+use uuid::Uuid;
 
 use crate::config::{KIZEN_SOURCES, PresignConfig, values::is_media_type};
 

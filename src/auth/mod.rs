@@ -17,7 +17,10 @@ pub mod keys;
 
 use std::sync::Arc;
 
+use cache::{Lookup, TokenCache, TokenTimes};
 use jsonwebtoken::{Algorithm, errors::ErrorKind};
+use jwks::JwksCache;
+use keys::{ClaimRules, KeySet, VerificationKey};
 use serde_json::{Map, Value};
 
 use crate::{
@@ -25,9 +28,6 @@ use crate::{
     config::AuthConfig,
     observability::metrics::Metrics,
 };
-use cache::{Lookup, TokenCache, TokenTimes};
-use jwks::JwksCache;
-use keys::{ClaimRules, KeySet, VerificationKey};
 
 /// Why a token was refused. The code names the class of problem, never the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

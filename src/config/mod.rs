@@ -8,7 +8,6 @@ use figment::{
     providers::{Env, Format, Serialized, Toml},
 };
 use serde::Deserialize;
-
 pub use values::{
     ContentTypePattern, ForwardableHeader, HttpUrl, JwtAlgorithm, KIZEN_SOURCES, Origin, RedisUrl,
     RsaAlgorithm, Source,

@@ -15,14 +15,13 @@ pub mod redis;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+pub use memory::MemoryStore;
+pub use redis::{RedisSettings, RedisStore};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use crate::domain::{IssuedUpload, QuotaKind};
 use crate::rate_limit::{RateLimit, RateLimitHeaders};
-
-pub use memory::MemoryStore;
-pub use redis::{RedisSettings, RedisStore};
 
 /// What one user holds now: the input of the quota check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! The admin listener: health, readiness transitions, and metrics that move with real traffic.
 
-use crate::support::{redis::RedisServer, *};
 use serde_json::Value;
+
+use crate::support::{redis::RedisServer, *};
 
 async fn get(gw: &TestGateway, path: &str) -> reqwest::Response {
     let admin = gw.admin_url.as_ref().expect("started with_admin");

@@ -2,10 +2,11 @@
 //! refusal is a 401 with a `Bearer error="invalid_token"` challenge and a problem body that names
 //! the class of failure, never echoes the token, and forwards nothing upstream.
 
-use crate::support::*;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
+
+use crate::support::*;
 
 const ISSUER: &str = "https://idp.example";
 const AUDIENCE: &str = "kizen-gw";

@@ -3,12 +3,13 @@
 
 use std::{process::Stdio, time::Duration};
 
-use crate::support::*;
 use kizen_gateway::standin::{Endpoint, Scripted};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
 };
+
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kizen-gateway");
 

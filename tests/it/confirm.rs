@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use kizen_gateway::{
     clock::Clock,
     standin::{Endpoint, Scripted},
 };
 use serde_json::{Value, json};
+
+use crate::support::*;
 
 #[tokio::test]
 async fn presign_then_confirm_forwards_once_with_server_held_business_id() {

@@ -2,8 +2,9 @@
 //! script can read the problem and the rate-limit headers), preflights are answered by the
 //! gateway itself, other origins get nothing, and no origins configured means no CORS at all.
 
-use crate::support::*;
 use reqwest::{Method, RequestBuilder, Response};
+
+use crate::support::*;
 
 const APP: &str = "https://app.example.com";
 const EVIL: &str = "https://evil.example";

@@ -2,12 +2,12 @@
 //! framing, bounded heads and bodies, a global concurrency limit and a header read timeout.
 //! Nothing refused here ever reaches the upstream.
 
-use crate::support::*;
-
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
 
 /// A raw HTTP/1.1 request with a valid token, `extra` header lines and no body.
 fn request(method: &str, target: &str, token: &str, extra: &str) -> Vec<u8> {

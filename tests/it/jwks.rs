@@ -16,7 +16,6 @@ use std::{
     time::Duration,
 };
 
-use crate::support::*;
 use axum::{
     Router,
     body::{Body, Bytes},
@@ -32,6 +31,8 @@ use jsonwebtoken::{
 };
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::watch};
+
+use crate::support::*;
 
 const SYMMETRIC_SECRET: &[u8] = b"jwks-symmetric-secret-0123456789abcdef";
 

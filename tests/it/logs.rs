@@ -5,12 +5,13 @@
 //! One test only, run in a process of its own: the subscriber is global to its process, and the
 //! capture is read as a whole.
 
-use crate::support::*;
 use kizen_gateway::{
     config::{LogConfig, LogFormat},
     standin::{Endpoint, Scripted},
 };
 use serde_json::{Value, json};
+
+use crate::support::*;
 
 /// The parsed lines of the capture; panics on a line that is not one JSON object.
 fn json_lines(text: &str) -> Vec<Value> {

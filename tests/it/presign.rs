@@ -3,12 +3,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::support::*;
 use kizen_gateway::{
     standin::{Endpoint, Scripted},
     store::{MemoryStore, StoreLimits, UploadStore},
 };
 use serde_json::Value;
+
+use crate::support::*;
 
 /// A header as an integer, panicking with the header's name when absent or not a number.
 fn int_header(response: &reqwest::Response, name: &str) -> u64 {

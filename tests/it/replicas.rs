@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
+use kizen_gateway::standin::{Endpoint, Scripted};
+use serde_json::{Value, json};
+
 use crate::support::{
     redis::{RedisCluster, RedisServer},
     *,
 };
-use kizen_gateway::standin::{Endpoint, Scripted};
-use serde_json::{Value, json};
 
 fn prefix() -> String {
     format!("replicas-{}", uuid::Uuid::new_v4())

@@ -3,8 +3,9 @@
 
 use std::{path::Path, time::Duration};
 
-use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey};
+
+use crate::support::*;
 
 /// Replaces a file the way a Kubernetes Secret update does: a new file renamed over the old.
 fn replace(path: &Path, content: &[u8]) {

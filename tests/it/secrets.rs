@@ -3,10 +3,10 @@
 //! (headers allowlisted, secret echoes withheld), and nothing the gateway prints or answers
 //! carries a secret.
 
-use crate::support::*;
-
 use kizen_gateway::standin::Endpoint;
 use serde_json::{Value, json};
+
+use crate::support::*;
 
 const SECRET_HEADERS: [&str; 3] = ["x-api-key", "x-business-id", "x-user-id"];
 

@@ -9,19 +9,19 @@ use std::{
     time::Duration,
 };
 
-use crate::support::redis::{RedisCluster, RedisServer};
+use bytes::Bytes;
 use kizen_gateway::{
     rate_limit::RateLimit,
-    store::{RedisSettings, RedisStore, Usage},
-};
-
-use bytes::Bytes;
-use kizen_gateway::store::{
-    Admission, ClaimOutcome, ClaimRules, IssuedUpload, Lease, MAX_COUNTED_BYTES, MemoryStore,
-    PresignRules, QuotaKind, Settled, StoreError, StoreLimits, StoredResponse, UploadStore,
+    store::{
+        Admission, ClaimOutcome, ClaimRules, IssuedUpload, Lease, MAX_COUNTED_BYTES, MemoryStore,
+        PresignRules, QuotaKind, RedisSettings, RedisStore, Settled, StoreError, StoreLimits,
+        StoredResponse, UploadStore, Usage,
+    },
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use crate::support::redis::{RedisCluster, RedisServer};
 
 const RULES: ClaimRules = ClaimRules {
     rate: RateLimit {

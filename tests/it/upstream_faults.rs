@@ -3,8 +3,6 @@
 //! `upstream_unavailable` (the gateway's credentials refused), 502 `upstream_unreachable`.
 //! A 400 describing the client's input passes through. A failed confirmation releases its claim.
 
-use crate::support::*;
-
 use std::{sync::Arc, time::Duration};
 
 use kizen_gateway::{
@@ -17,6 +15,8 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
 };
+
+use crate::support::*;
 
 #[tokio::test]
 async fn upstream_5xx_is_502_upstream_error_on_both_routes() {
