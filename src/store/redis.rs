@@ -11,10 +11,16 @@
 //! - `<prefix>:{U}:rate`: the user's presign rate-limit state (GCRA theoretical arrival time);
 //! - `<prefix>:{U}:confirm-rate`: the same for confirmations.
 //!
-//! A presign costs two round trips (`ADMIT`: quotas and budget; `RECORD`), a confirmation two
-//! (`CLAIM`: budget and claim; `CONSUME` or `RELEASE`).
+//! A presign costs two round trips (admit: quotas and budget; record), a confirmation two
+//! (claim: budget and claim; consume or release).
+//!
+//! What Redis spends per step is mostly fixed costs: running a script, each argument crossing
+//! into Lua (copied, and interned: Redis hashes every byte), each command a script runs, each
+//! number parsed from text. So the scripts run as few commands as they can, read and write only
+//! the bytes they need, take the rules as literals in their text, and answer numbers from which
+//! Rust derives the rest.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -109,12 +115,55 @@ impl std::fmt::Debug for RedisStore {
 }
 
 struct Scripts {
-    admit: Script,
-    record: Script,
-    claim: Script,
+    admit: ScriptCache<PresignRules>,
+    record: ScriptCache<usize>,
+    claim: ScriptCache<ClaimScriptRules>,
     release: Script,
     consume: Script,
     usage: Script,
+}
+
+/// Scripts with their rules written into the text as Lua literals, one per rule set in use (a
+/// tier's quotas, a rate limit), built on first use. A literal is parsed once, when Redis compiles
+/// the script; an argument is sent, copied into Lua, interned and parsed on every call.
+struct ScriptCache<K> {
+    scripts: std::sync::Mutex<Vec<(K, Arc<Script>)>>,
+}
+
+/// Rule sets kept at once: a few tiers, and the sets a configuration reload leaves behind; past
+/// it the cache starts again.
+const MAX_CACHED_SCRIPTS: usize = 64;
+
+impl<K: Copy + PartialEq> ScriptCache<K> {
+    fn new() -> Self {
+        Self {
+            scripts: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn get(&self, rules: K, text: impl FnOnce(K) -> String) -> Arc<Script> {
+        let mut scripts = self
+            .scripts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, script)) = scripts.iter().find(|(cached, _)| *cached == rules) {
+            return script.clone();
+        }
+        if scripts.len() >= MAX_CACHED_SCRIPTS {
+            scripts.clear();
+        }
+        let script = Arc::new(Script::new(&text(rules)));
+        scripts.push((rules, script.clone()));
+        script
+    }
+}
+
+/// What the claim script is written for: the confirmation budget and the daily quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ClaimScriptRules {
+    rate: RateLimit,
+    max_uploads_per_day: Option<u64>,
+    max_bytes_per_day: Option<u64>,
 }
 
 /// An upload is one string: a header of fixed-width fields that the scripts read and overwrite
@@ -148,8 +197,9 @@ mod layout {
 }
 
 /// Puts the layout's positions into a script: `$NAME` becomes the field's first and last
-/// position as Lua counts them (from 1, inclusive), `@NAME` its 0-based first byte, and
-/// `#HEADER` the header's length.
+/// position as Lua counts them (from 1, inclusive), `@NAME` its 0-based first byte,
+/// `#HEADER` the header's length and `STATE_*` the state's byte (compared as a number: no
+/// one-byte string is made).
 fn with_layout(script: &str) -> String {
     use layout::*;
     let fields = [
@@ -161,7 +211,10 @@ fn with_layout(script: &str) -> String {
         ("FORGET", FORGET, INSTANT_LEN),
         ("KEY_LEN", KEY_LEN, LEN_LEN),
     ];
-    let mut script = script.replace("#HEADER", &HEADER.to_string());
+    let mut script = script
+        .replace("#HEADER", &HEADER.to_string())
+        .replace("STATE_CONSUMED", &b'x'.to_string())
+        .replace("STATE_CLAIMED", &b'c'.to_string());
     for (name, at, len) in fields {
         script = script
             .replace(&format!("${name}"), &format!("{}, {}", at + 1, at + len))
@@ -171,95 +224,122 @@ fn with_layout(script: &str) -> String {
     script
 }
 
-/// GCRA on the budget key `KEYS[RATE]`, timed by the Redis server's clock (replicas' clocks do
-/// not matter): the arithmetic of [`crate::rate_limit::gcra`], with `ARGV[INTERVAL]` (µs),
-/// `ARGV[TOLERANCE]` (burst x interval, µs) and `ARGV[RATE_TTL]` (the tolerance in ms, rounded
-/// up: the longest a kept arrival time can matter). Leaves `t` (TIME), `allowed` and `wait`
-/// (how far the arrival time was ahead of now, µs), from which the caller derives the budget.
-const GCRA: &str = r#"
+/// GCRA on the budget key `KEYS[{rate}]`, timed by the Redis server's clock (replicas' clocks
+/// do not matter): the arithmetic of [`crate::rate_limit::gcra`]. Leaves `t` (TIME), `allowed`
+/// and `wait` (how far the arrival time was ahead of now, µs), from which Rust derives the
+/// budget. The arrival time is kept for the tolerance (rounded up to ms): the longest it can be
+/// ahead of now, so that it never expires while it still counts.
+fn gcra(rate: usize, limit: &RateLimit) -> String {
+    let interval = limit.emission_interval_us();
+    let tolerance = i64::from(limit.burst.max(1)).saturating_mul(interval);
+    let slack = tolerance.saturating_sub(interval);
+    let ttl_ms = (tolerance.saturating_add(999) / 1000).max(1);
+    format!(
+        r#"
 local t = redis.call('TIME')
 local now_us = t[1] * 1000000 + t[2]
-local tat = tonumber(redis.call('GET', KEYS[RATE])) or now_us
+local tat = tonumber(redis.call('GET', KEYS[{rate}])) or now_us
 if tat < now_us then tat = now_us end
 local wait = tat - now_us
-local new_tat = tat + ARGV[INTERVAL]
-local allowed = new_tat - ARGV[TOLERANCE] <= now_us
-if allowed then redis.call('SET', KEYS[RATE], string.format('%d', new_tat), 'PX', ARGV[RATE_TTL]) end
-"#;
-
-fn gcra(rate: usize, interval: usize) -> String {
-    GCRA.replace("KEYS[RATE]", &format!("KEYS[{rate}]"))
-        .replace("ARGV[INTERVAL]", &format!("ARGV[{interval}]"))
-        .replace("ARGV[TOLERANCE]", &format!("ARGV[{}]", interval + 1))
-        .replace("ARGV[RATE_TTL]", &format!("ARGV[{}]", interval + 2))
+local allowed = wait <= {slack}
+if allowed then redis.call('SET', KEYS[{rate}], string.format('%d', tat + {interval}), 'PX', '{ttl_ms}') end
+"#
+    )
 }
 
-/// KEYS: open, rate, and day when a daily quota is set. ARGV: now_ms, max_outstanding, the budget
-/// (interval, tolerance, ttl), max_uploads_per_day and max_bytes_per_day ('' for none) with the
-/// day. Answers a quota (`ADMIT_*`), or the budget's `wait`.
-const ADMIT: &str = r#"
+/// KEYS: open, rate, and the day when a daily quota is set. ARGV: now_ms. Answers a quota
+/// (`ADMIT_*`), or the budget's `wait`.
+fn admit_script(rules: PresignRules) -> String {
+    let mut script = format!(
+        r#"
 local open = redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
-if open >= tonumber(ARGV[2]) then return -1 end
-if KEYS[3] then
-  local day = redis.call('HMGET', KEYS[3], 'uploads', 'bytes')
-  -- Open uploads count toward the day: each may be confirmed today.
-  if ARGV[6] ~= '' and tonumber(day[1] or '0') + open >= tonumber(ARGV[6]) then return -2 end
-  if ARGV[7] ~= '' and tonumber(day[2] or '0') >= tonumber(ARGV[7]) then return -3 end
-end
-"#;
+if open >= {} then return -1 end
+"#,
+        rules.max_outstanding
+    );
+    if rules.max_uploads_per_day.is_some() || rules.max_bytes_per_day.is_some() {
+        script += "local day = redis.call('HMGET', KEYS[3], 'uploads', 'bytes')\n";
+    }
+    if let Some(max) = rules.max_uploads_per_day {
+        script += "-- Open uploads count toward the day: each may be confirmed today.\n";
+        script += &format!("if tonumber(day[1] or '0') + open >= {max} then return -2 end\n");
+    }
+    if let Some(max) = rules.max_bytes_per_day {
+        script += &format!("if tonumber(day[2] or '0') >= {max} then return -3 end\n");
+    }
+    script + &gcra(2, &rules.rate) + "return wait\n"
+}
 const ADMIT_OUTSTANDING: i64 = -1;
 const ADMIT_UPLOADS: i64 = -2;
 
-fn admit_script() -> Script {
-    Script::new(&format!("{ADMIT}{}return wait\n", gcra(2, 3)))
-}
-
-/// KEYS: upload, open. ARGV: '(' .. now_ms, max_outstanding, window_end_ms, ttl_ms, uuid, the
-/// upload. Answers `RECORD_*`.
-const RECORD: &str = r#"
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 1 end
-if not redis.call('SET', KEYS[1], ARGV[6], 'NX', 'PX', ARGV[4]) then return 2 end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+/// KEYS: upload (ending with its uuid, the open set's member), open. ARGV: now_ms, ttl_ms, the
+/// upload. Answers `RECORD_*`. Expired members leave the open set lazily: when the cap is
+/// reached, and when its TTL is extended, which it is by a margin so that most records need not.
+fn record_script(max_outstanding: usize, margin: Duration) -> String {
+    with_layout(&format!(
+        r#"
+if redis.call('ZCARD', KEYS[2]) >= {max_outstanding} then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+  if redis.call('ZCARD', KEYS[2]) >= {max_outstanding} then return 1 end
+end
+if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[2]) then return 2 end
+redis.call('ZADD', KEYS[2], string.sub(ARGV[3], $WINDOW_END), string.sub(KEYS[1], -36))
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2] + {})
+end
 return 0
-"#;
+"#,
+        margin.as_millis()
+    ))
+}
 const RECORD_CAP: i64 = 1;
 const RECORD_DUPLICATE: i64 = 2;
 
-/// KEYS: upload, confirm-rate, and day when a daily quota is set. ARGV: now_ms, key,
-/// 'c' .. lease, the budget (interval, tolerance, ttl), max_uploads_per_day and
-/// max_bytes_per_day ('' for none) with the day. Answers `{CLAIM_*, wait}`, and the upload where
-/// the verdict needs it (claimed: its fields; confirmed with the same key: the kept answer;
-/// backing off: the retry time).
-const CLAIM: &str = r#"
+/// KEYS: upload, confirm-rate, and the day when a daily quota is set. ARGV: now_ms, key,
+/// 'c' .. lease. The budget, then the claim. Answers `{CLAIM_*, wait}`, and the upload where the
+/// verdict needs it (claimed: its fields; confirmed with the same key: the kept answer; backing
+/// off: the retry time).
+fn claim_script(rules: ClaimScriptRules) -> String {
+    let mut script = gcra(2, &rules.rate);
+    script += &with_layout(
+        r#"
 if not allowed then return {0, wait} end
 local v = redis.call('GET', KEYS[1])
 local now = tonumber(ARGV[1])
 if not v or now >= tonumber(string.sub(v, $FORGET)) then return {1, wait} end
 local key_len = tonumber(string.sub(v, $KEY_LEN))
-local same_key = key_len == #ARGV[2] and string.sub(v, #HEADER + 1, #HEADER + key_len) == ARGV[2]
-local state = string.sub(v, 1, 1)
-if state == 'x' then
+local same_key = key_len == #ARGV[2] and string.find(v, ARGV[2], #HEADER + 1, true) == #HEADER + 1
+local state = string.byte(v)
+if state == STATE_CONSUMED then
   if same_key then return {2, wait, v} end
   return {2, wait}
 end
 if not same_key then return {3, wait} end
 -- A claim is never taken over: only its own settle ends it.
-if state == 'c' then return {4, wait} end
+if state == STATE_CLAIMED then return {4, wait} end
 if now > tonumber(string.sub(v, $WINDOW_END)) then return {5, wait} end
 local retry_at = tonumber(string.sub(v, $RETRY_AT))
 if retry_at and now < retry_at then return {6, wait, v} end
-if KEYS[3] then
-  local day = redis.call('HMGET', KEYS[3], 'uploads', 'bytes')
-  if ARGV[7] ~= '' and tonumber(day[1] or '0') >= tonumber(ARGV[7]) then return {7, wait} end
-  if ARGV[8] ~= '' and tonumber(day[2] or '0') >= tonumber(ARGV[8]) then return {8, wait} end
-end
+"#,
+    );
+    if rules.max_uploads_per_day.is_some() || rules.max_bytes_per_day.is_some() {
+        script += "local day = redis.call('HMGET', KEYS[3], 'uploads', 'bytes')\n";
+    }
+    if let Some(max) = rules.max_uploads_per_day {
+        script += &format!("if tonumber(day[1] or '0') >= {max} then return {{7, wait}} end\n");
+    }
+    if let Some(max) = rules.max_bytes_per_day {
+        script += &format!("if tonumber(day[2] or '0') >= {max} then return {{8, wait}} end\n");
+    }
+    script
+        + r#"
 -- The claim's time is the Redis server's, whatever the replica's clock says (Unix seconds have
 -- ten digits until 2286).
 redis.call('SETRANGE', KEYS[1], 0, ARGV[3] .. t[1])
 return {9, wait, v}
-"#;
+"#
+}
 const CLAIM_RATE_LIMITED: i64 = 0;
 const CLAIM_NOT_FOUND: i64 = 1;
 const CLAIM_CONFIRMED: i64 = 2;
@@ -270,11 +350,6 @@ const CLAIM_BACKING_OFF: i64 = 6;
 const CLAIM_QUOTA_UPLOADS: i64 = 7;
 const CLAIM_QUOTA_BYTES: i64 = 8;
 const CLAIM_CLAIMED: i64 = 9;
-
-/// The claim script: the budget, then the claim.
-fn claim_script() -> Script {
-    Script::new(&with_layout(&format!("{}{CLAIM}", gcra(2, 4))))
-}
 
 /// KEYS: upload. ARGV: lease, max_attempts, retry_at (the layout's instant). Answers `SETTLED_*`.
 const RELEASE: &str = r#"
@@ -290,26 +365,28 @@ redis.call('SETRANGE', KEYS[1], 0, header)
 return 0
 "#;
 
-/// KEYS: upload, open, day. ARGV: lease, uuid, the kept answer ('' for none), size, day_ttl_ms.
+/// KEYS: upload (ending with its uuid), open, day. ARGV: 'c' .. lease (the state and lease this
+/// settle expects: one comparison of interned strings), the kept answer ('' for none), size.
 /// Answers `SETTLED_*`. Everything that can fail is read or computed before the first write: the
 /// script never stops halfway.
 const CONSUME: &str = r#"
 local h = redis.call('GETRANGE', KEYS[1], 0, @CLAIMED_AT - 1)
-if string.sub(h, $LEASE) ~= ARGV[1] then return 1 end
--- This claim's consume already landed (a retry after a timeout that hid its success).
-if string.sub(h, 1, 1) == 'x' then return 0 end
-if string.sub(h, 1, 1) ~= 'c' then return 1 end
-local size = tonumber(ARGV[4])
-if not size or not tonumber(ARGV[5]) or size < 0 then return redis.error_reply('consume: bad arguments') end
+if h ~= ARGV[1] then
+  -- This claim's consume already landed (a retry after a timeout that hid its success).
+  if string.byte(h) == STATE_CONSUMED and string.sub(h, 2) == string.sub(ARGV[1], 2) then return 0 end
+  return 1
+end
+local size = tonumber(ARGV[3])
+if not size or size < 0 then return redis.error_reply('consume: bad arguments') end
 local day = redis.call('HMGET', KEYS[3], 'uploads', 'bytes')
 local uploads = (tonumber(day[1]) or 0) + 1
 local bytes = math.min((tonumber(day[2]) or 0) + size, 9007199254740991)
 redis.call('SETRANGE', KEYS[1], 0, 'x')
-if ARGV[3] ~= '' then redis.call('APPEND', KEYS[1], ARGV[3]) end
-redis.call('ZREM', KEYS[2], ARGV[2])
+if ARGV[2] ~= '' then redis.call('APPEND', KEYS[1], ARGV[2]) end
+redis.call('ZREM', KEYS[2], string.sub(KEYS[1], -36))
 redis.call('HSET', KEYS[3], 'uploads', string.format('%d', uploads), 'bytes', string.format('%d', bytes))
 -- A day's counters live two days from its first confirmation, long after the day ends.
-if not day[1] then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
+if uploads == 1 then redis.call('PEXPIRE', KEYS[3], '172800000') end
 return 0
 "#;
 const SETTLED_DONE: i64 = 0;
@@ -322,21 +399,10 @@ return {open, tonumber(day[1] or '0'), tonumber(day[2] or '0')}
 "#;
 
 /// The budget after a GCRA step whose arrival time was `wait` µs ahead of the server's clock,
-/// and whether it allowed the request: the same arithmetic as the script's, shifted to now = 0.
+/// and whether it allowed the request: the script's arithmetic, shifted to now = 0.
 fn budget_of(limit: &RateLimit, wait: i64) -> (bool, RateLimitHeaders) {
     let (kept, headers) = crate::rate_limit::gcra(wait, 0, limit);
     (kept.is_some(), headers)
-}
-
-/// The budget arguments of a GCRA step: interval and tolerance (µs), the arrival time's TTL (ms).
-fn budget_args(limit: &RateLimit) -> [i64; 3] {
-    let interval = limit.emission_interval_us();
-    let tolerance = i64::from(limit.burst.max(1)).saturating_mul(interval);
-    [
-        interval,
-        tolerance,
-        (tolerance.saturating_add(999) / 1000).max(1),
-    ]
 }
 
 /// An issued upload as the scripts keep it (see [`layout`]).
@@ -466,11 +532,6 @@ fn settled(answer: i64) -> Settled {
     }
 }
 
-/// A daily quota as a script argument: '' for none.
-fn limit_arg(max: Option<u64>) -> String {
-    max.map(|m| m.to_string()).unwrap_or_default()
-}
-
 fn hex(user: &str) -> String {
     user.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -490,9 +551,9 @@ impl RedisStore {
             timeout: settings.operation_timeout,
             limits,
             scripts: Scripts {
-                admit: admit_script(),
-                record: Script::new(RECORD),
-                claim: claim_script(),
+                admit: ScriptCache::new(),
+                record: ScriptCache::new(),
+                claim: ScriptCache::new(),
                 release: Script::new(&with_layout(RELEASE)),
                 consume: Script::new(&with_layout(CONSUME)),
                 usage: Script::new(USAGE),
@@ -617,18 +678,14 @@ impl UploadStore for RedisStore {
         rules: &PresignRules,
     ) -> Result<Admission, StoreError> {
         let mut connection = self.connection.clone();
-        let mut invocation = self.scripts.admit.prepare_invoke();
+        let script = self.scripts.admit.get(*rules, admit_script);
+        let mut invocation = script.prepare_invoke();
         invocation
             .key(self.user_key(user, "open"))
             .key(self.user_key(user, "rate"))
-            .arg(unix_ms(now))
-            .arg(rules.max_outstanding)
-            .arg(&budget_args(&rules.rate)[..]);
+            .arg(unix_ms(now));
         if rules.max_uploads_per_day.is_some() || rules.max_bytes_per_day.is_some() {
-            invocation
-                .key(self.user_key(user, &format!("day:{}", day_of(now))))
-                .arg(limit_arg(rules.max_uploads_per_day))
-                .arg(limit_arg(rules.max_bytes_per_day));
+            invocation.key(self.user_key(user, &format!("day:{}", day_of(now))));
         }
         let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
         Ok(match answer {
@@ -649,17 +706,18 @@ impl UploadStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        let id = upload.s3object_id.to_string();
         let forget = upload.window_end + self.limits.remember_expired;
-        let mut invocation = self.scripts.record.prepare_invoke();
+        let margin = self.limits.remember_expired;
+        let script = self
+            .scripts
+            .record
+            .get(max_outstanding, |max| record_script(max, margin));
+        let mut invocation = script.prepare_invoke();
         invocation
-            .key(self.user_key(&upload.user, &format!("up:{id}")))
+            .key(self.user_key(&upload.user, &format!("up:{}", upload.s3object_id)))
             .key(self.user_key(&upload.user, "open"))
-            .arg(format!("({}", unix_ms(now)))
-            .arg(max_outstanding)
-            .arg(unix_ms(upload.window_end))
+            .arg(unix_ms(now))
             .arg(self.ttl_ms(upload.window_end, now))
-            .arg(&id)
             .arg(encode_upload(upload, forget));
         let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
         match answer {
@@ -682,19 +740,23 @@ impl UploadStore for RedisStore {
     ) -> Result<Claim, StoreError> {
         let mut connection = self.connection.clone();
         let lease = Lease(Uuid::new_v4());
-        let mut invocation = self.scripts.claim.prepare_invoke();
+        let script = self.scripts.claim.get(
+            ClaimScriptRules {
+                rate: rules.rate,
+                max_uploads_per_day: rules.max_uploads_per_day,
+                max_bytes_per_day: rules.max_bytes_per_day,
+            },
+            claim_script,
+        );
+        let mut invocation = script.prepare_invoke();
         invocation
             .key(self.user_key(user, &format!("up:{id}")))
             .key(self.user_key(user, "confirm-rate"))
             .arg(unix_ms(now))
             .arg(key)
-            .arg(format!("c{}", lease.0))
-            .arg(&budget_args(&rules.rate)[..]);
+            .arg(format!("c{}", lease.0));
         if rules.max_uploads_per_day.is_some() || rules.max_bytes_per_day.is_some() {
-            invocation
-                .key(self.user_key(user, &format!("day:{}", day_of(now))))
-                .arg(limit_arg(rules.max_uploads_per_day))
-                .arg(limit_arg(rules.max_bytes_per_day));
+            invocation.key(self.user_key(user, &format!("day:{}", day_of(now))));
         }
         let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
         let (verdict, wait, stored) = match answer.as_slice() {
@@ -789,11 +851,9 @@ impl UploadStore for RedisStore {
             .key(self.user_key(&upload.user, &format!("up:{}", upload.s3object_id)))
             .key(self.user_key(&upload.user, "open"))
             .key(self.user_key(&upload.user, &format!("day:{}", day_of(now))))
-            .arg(lease.0.to_string())
-            .arg(upload.s3object_id.to_string())
+            .arg(format!("c{}", lease.0))
             .arg(kept)
-            .arg(size_bytes.min(MAX_COUNTED_BYTES))
-            .arg(2 * 24 * 3600 * 1000);
+            .arg(size_bytes.min(MAX_COUNTED_BYTES));
         let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
         Ok(settled(answer))
     }
