@@ -93,8 +93,31 @@ pub struct KeyBuilder {
 
 impl KeyBuilder {
     pub fn user_key(&self, user: &str, suffix: &str) -> String {
+        self.user(user).key(suffix)
+    }
+
+    /// The user's keys: the user id is encoded once for all of them.
+    fn user(&self, user: &str) -> UserKeys {
         // "u" keeps the tag non-empty for an empty id: `{}` would hash the whole key instead.
-        format!("{}:{{u{}}}:{suffix}", self.prefix, hex(user))
+        let mut prefix = String::with_capacity(self.prefix.len() + 2 * user.len() + 5);
+        prefix.push_str(&self.prefix);
+        prefix.push_str(":{u");
+        for byte in user.bytes() {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            prefix.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            prefix.push(char::from(DIGITS[usize::from(byte & 15)]));
+        }
+        prefix.push_str("}:");
+        UserKeys(prefix)
+    }
+}
+
+/// One user's key prefix, hash tag included.
+struct UserKeys(String);
+
+impl UserKeys {
+    fn key(&self, suffix: impl std::fmt::Display) -> String {
+        format!("{}{suffix}", self.0)
     }
 }
 
@@ -532,10 +555,6 @@ fn settled(answer: i64) -> Settled {
     }
 }
 
-fn hex(user: &str) -> String {
-    user.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
 impl RedisStore {
     /// Connects now; an unreachable Redis is an error at start, not a surprise later.
     pub async fn connect(settings: &RedisSettings, limits: StoreLimits) -> Result<Self, String> {
@@ -614,10 +633,6 @@ impl RedisStore {
         self.keys.clone()
     }
 
-    fn user_key(&self, user: &str, suffix: &str) -> String {
-        self.keys.user_key(user, suffix)
-    }
-
     /// Runs one Redis operation under the operation timeout; any failure is "unavailable".
     async fn run<T>(
         &self,
@@ -657,10 +672,11 @@ impl RedisStore {
 impl UploadStore for RedisStore {
     async fn usage(&self, user: &str, now: OffsetDateTime) -> Result<Usage, StoreError> {
         let mut connection = self.connection.clone();
+        let keys = self.keys.user(user);
         let mut invocation = self.scripts.usage.prepare_invoke();
         invocation
-            .key(self.user_key(user, "open"))
-            .key(self.user_key(user, &format!("day:{}", day_of(now))))
+            .key(keys.key("open"))
+            .key(keys.key(format_args!("day:{}", day_of(now))))
             .arg(unix_ms(now));
         let (outstanding, uploads_today, bytes_today): (usize, u64, u64) =
             self.run(invocation.invoke_async(&mut connection)).await?;
@@ -678,14 +694,15 @@ impl UploadStore for RedisStore {
         rules: &PresignRules,
     ) -> Result<Admission, StoreError> {
         let mut connection = self.connection.clone();
+        let keys = self.keys.user(user);
         let script = self.scripts.admit.get(*rules, admit_script);
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(self.user_key(user, "open"))
-            .key(self.user_key(user, "rate"))
+            .key(keys.key("open"))
+            .key(keys.key("rate"))
             .arg(unix_ms(now));
         if rules.max_uploads_per_day.is_some() || rules.max_bytes_per_day.is_some() {
-            invocation.key(self.user_key(user, &format!("day:{}", day_of(now))));
+            invocation.key(keys.key(format_args!("day:{}", day_of(now))));
         }
         let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
         Ok(match answer {
@@ -706,6 +723,7 @@ impl UploadStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
+        let keys = self.keys.user(&upload.user);
         let forget = upload.window_end + self.limits.remember_expired;
         let margin = self.limits.remember_expired;
         let script = self
@@ -714,8 +732,8 @@ impl UploadStore for RedisStore {
             .get(max_outstanding, |max| record_script(max, margin));
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(self.user_key(&upload.user, &format!("up:{}", upload.s3object_id)))
-            .key(self.user_key(&upload.user, "open"))
+            .key(keys.key(format_args!("up:{}", upload.s3object_id)))
+            .key(keys.key("open"))
             .arg(unix_ms(now))
             .arg(self.ttl_ms(upload.window_end, now))
             .arg(encode_upload(upload, forget));
@@ -739,6 +757,7 @@ impl UploadStore for RedisStore {
         rules: &ClaimRules,
     ) -> Result<Claim, StoreError> {
         let mut connection = self.connection.clone();
+        let keys = self.keys.user(user);
         let lease = Lease(Uuid::new_v4());
         let script = self.scripts.claim.get(
             ClaimScriptRules {
@@ -750,13 +769,13 @@ impl UploadStore for RedisStore {
         );
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(self.user_key(user, &format!("up:{id}")))
-            .key(self.user_key(user, "confirm-rate"))
+            .key(keys.key(format_args!("up:{id}")))
+            .key(keys.key("confirm-rate"))
             .arg(unix_ms(now))
             .arg(key)
             .arg(format!("c{}", lease.0));
         if rules.max_uploads_per_day.is_some() || rules.max_bytes_per_day.is_some() {
-            invocation.key(self.user_key(user, &format!("day:{}", day_of(now))));
+            invocation.key(keys.key(format_args!("day:{}", day_of(now))));
         }
         let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
         let (verdict, wait, stored) = match answer.as_slice() {
@@ -820,11 +839,12 @@ impl UploadStore for RedisStore {
         rules: &ClaimRules,
     ) -> Result<Settled, StoreError> {
         let mut connection = self.connection.clone();
+        let keys = self.keys.user(&upload.user);
         let retry_at = unix_ms(now)
             .saturating_add(i64::try_from(rules.attempt_backoff.as_millis()).unwrap_or(i64::MAX));
         let mut invocation = self.scripts.release.prepare_invoke();
         invocation
-            .key(self.user_key(&upload.user, &format!("up:{}", upload.s3object_id)))
+            .key(keys.key(format_args!("up:{}", upload.s3object_id)))
             .arg(lease.0.to_string())
             .arg(rules.max_attempts)
             .arg(format!("{retry_at:0width$}", width = layout::INSTANT_LEN));
@@ -841,6 +861,7 @@ impl UploadStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<Settled, StoreError> {
         let mut connection = self.connection.clone();
+        let keys = self.keys.user(&upload.user);
         let kept = if response.body.len() <= MAX_STORED_RESPONSE_BYTES {
             encode_response(&response)
         } else {
@@ -848,9 +869,9 @@ impl UploadStore for RedisStore {
         };
         let mut invocation = self.scripts.consume.prepare_invoke();
         invocation
-            .key(self.user_key(&upload.user, &format!("up:{}", upload.s3object_id)))
-            .key(self.user_key(&upload.user, "open"))
-            .key(self.user_key(&upload.user, &format!("day:{}", day_of(now))))
+            .key(keys.key(format_args!("up:{}", upload.s3object_id)))
+            .key(keys.key("open"))
+            .key(keys.key(format_args!("day:{}", day_of(now))))
             .arg(format!("c{}", lease.0))
             .arg(kept)
             .arg(size_bytes.min(MAX_COUNTED_BYTES));
@@ -870,5 +891,58 @@ impl UploadStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         RedisStore::ping(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_hex_encode_the_user_inside_the_hash_tag() {
+        let keys = KeyBuilder { prefix: "p".into() };
+        assert_eq!(keys.user_key("a}:{b", "open"), "p:{u617d3a7b62}:open");
+        assert_eq!(keys.user_key("", "rate"), "p:{u}:rate");
+        assert_eq!(keys.user_key("ü", "x"), "p:{uc3bc}:x");
+    }
+
+    #[test]
+    fn an_upload_reads_back_as_written() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let upload = IssuedUpload {
+            s3object_id: Uuid::new_v4(),
+            key: "uploads/ü|x/a.png".into(),
+            user: "alice".into(),
+            source: "field_value".into(),
+            issued_at: now,
+            window_end: now + Duration::from_secs(600),
+        };
+        let mut value = encode_upload(&upload, upload.window_end + Duration::from_secs(3600));
+        let stored = StoredUpload(&value);
+        assert_eq!(stored.instant(layout::ISSUED).unwrap(), upload.issued_at);
+        assert_eq!(
+            stored.instant(layout::WINDOW_END).unwrap(),
+            upload.window_end
+        );
+        let (key, source, _) = stored.key_and_source().unwrap();
+        assert_eq!(
+            (key.as_str(), source.as_str()),
+            (upload.key.as_str(), "field_value")
+        );
+        assert_eq!(stored.response().unwrap(), None);
+        assert_eq!(
+            stored
+                .number(layout::RETRY_AT, layout::INSTANT_LEN)
+                .unwrap(),
+            None
+        );
+
+        let answer = StoredResponse {
+            status: 201,
+            content_type: None,
+            body: Bytes::from_static(b"{}"),
+        };
+        value.extend_from_slice(&encode_response(&answer));
+        assert_eq!(StoredUpload(&value).response().unwrap(), Some(answer));
     }
 }
