@@ -390,8 +390,8 @@ return 0
 
 /// KEYS: upload (ending with its uuid), open, day. ARGV: 'c' .. lease (the state and lease this
 /// settle expects: one comparison of interned strings), the kept answer ('' for none), size.
-/// Answers `SETTLED_*`. Everything that can fail is read or computed before the first write: the
-/// script never stops halfway.
+/// Answers `SETTLED_*`. The one write that can fail (a size that is not an integer) comes first:
+/// the script never stops halfway.
 const CONSUME: &str = r#"
 local h = redis.call('GETRANGE', KEYS[1], 0, @CLAIMED_AT - 1)
 if h ~= ARGV[1] then
@@ -399,17 +399,15 @@ if h ~= ARGV[1] then
   if string.byte(h) == STATE_CONSUMED and string.sub(h, 2) == string.sub(ARGV[1], 2) then return 0 end
   return 1
 end
-local size = tonumber(ARGV[3])
-if not size or size < 0 then return redis.error_reply('consume: bad arguments') end
-local day = redis.call('HMGET', KEYS[3], 'uploads', 'bytes')
-local uploads = (tonumber(day[1]) or 0) + 1
-local bytes = math.min((tonumber(day[2]) or 0) + size, 9007199254740991)
+if string.byte(ARGV[3]) == 45 then return redis.error_reply('consume: negative size') end
+if redis.call('HINCRBY', KEYS[3], 'bytes', ARGV[3]) > 9007199254740991 then
+  redis.call('HSET', KEYS[3], 'bytes', '9007199254740991')
+end
 redis.call('SETRANGE', KEYS[1], 0, 'x')
 if ARGV[2] ~= '' then redis.call('APPEND', KEYS[1], ARGV[2]) end
 redis.call('ZREM', KEYS[2], string.sub(KEYS[1], -36))
-redis.call('HSET', KEYS[3], 'uploads', string.format('%d', uploads), 'bytes', string.format('%d', bytes))
 -- A day's counters live two days from its first confirmation, long after the day ends.
-if uploads == 1 then redis.call('PEXPIRE', KEYS[3], '172800000') end
+if redis.call('HINCRBY', KEYS[3], 'uploads', 1) == 1 then redis.call('PEXPIRE', KEYS[3], '172800000') end
 return 0
 "#;
 const SETTLED_DONE: i64 = 0;
