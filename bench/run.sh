@@ -433,7 +433,14 @@ round_trips() { # round_trips NAME N: "R round trips (cmd r, ...) + S commands i
       printf "%.2f round trips (%s), running %.2f commands inside scripts", total / n, list, inside / n
     }' "$BENCH_DIR/monitor-$1.log"
 }
-redis_cpu() { redis INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/{s += $2} END {printf "%.6f", s}'; }
+redis_cpu() { # "user+sys sys" seconds
+  redis INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/{s += $2} /^used_cpu_sys:/{k = $2} END {printf "%.6f %.6f", s, k}'
+}
+# scripts_run: "calls usec" of EVALSHA since the last CONFIG RESETSTAT (usec: time inside the
+# scripts, the commands they run included; wall time, so it grows if Redis is preempted)
+scripts_run() {
+  redis INFO commandstats | tr -d '\r' | awk -F'[:=,]' '$1 == "cmdstat_evalsha" {c = $3; u = $5} END {printf "%d %d", c, u}'
+}
 
 log "redis: $ROUND_TRIP_UPLOADS uploads under MONITOR, then $LIFECYCLES for Redis CPU"
 start_gateway redis redis-lifecycle
@@ -444,19 +451,32 @@ out=$(monitored presign --count "$ROUND_TRIP_UPLOADS" --save "$BENCH_DIR/issued-
 check_all_ok "$ROUND_TRIP_UPLOADS" "$out"
 out=$(monitored confirm --confirm-from "$BENCH_DIR/issued-monitored.txt")
 check_all_ok "$ROUND_TRIP_UPLOADS" "$out"
+redis CONFIG RESETSTAT >/dev/null
 cpu0=$(redis_cpu)
 out=$(lifecycle --count "$LIFECYCLES" --save "$BENCH_DIR/issued.txt")
 check_all_ok "$LIFECYCLES" "$out"
+cpu_presigned=$(redis_cpu) presign_scripts=$(scripts_run)
+redis CONFIG RESETSTAT >/dev/null
 out=$(lifecycle --confirm-from "$BENCH_DIR/issued.txt")
 check_all_ok "$LIFECYCLES" "$out"
-cpu1=$(redis_cpu)
+cpu1=$(redis_cpu) confirm_scripts=$(scripts_run)
 stop "$GW_PID"
 GW_PID=
 {
   echo "redis store: per presign: $(round_trips presign "$ROUND_TRIP_UPLOADS")"
   echo "redis store: per confirm: $(round_trips confirm "$ROUND_TRIP_UPLOADS")"
-  awk -v a="$cpu0" -v b="$cpu1" -v n="$LIFECYCLES" \
+  awk -v a="${cpu0% *}" -v b="${cpu1% *}" -v n="$LIFECYCLES" \
     'BEGIN {printf "redis store: Redis CPU per upload (presign + confirm): %.1f us (%d uploads)\n", (b - a) * 1e6 / n, n}'
+  # Per step: CPU, of it the kernel's, and the scripts' own time as Redis counts it.
+  per_step() { # per_step NAME "CPU0 SYS0" "CPU1 SYS1" "CALLS USEC"
+    awk -v name="$1" -v c0="$2" -v c1="$3" -v s="$4" -v n="$LIFECYCLES" 'BEGIN {
+      split(c0, a, " "); split(c1, b, " "); split(s, r, " ")
+      printf "redis store: per %s: Redis CPU %.1f us (kernel %.1f us); %.2f scripts, usec_per_call %.2f\n",
+        name, (b[1] - a[1]) * 1e6 / n, (b[2] - a[2]) * 1e6 / n, r[1] / n, r[1] ? r[2] / r[1] : 0
+    }'
+  }
+  per_step presign "$cpu0" "$cpu_presigned" "$presign_scripts"
+  per_step confirm "$cpu_presigned" "$cpu1" "$confirm_scripts"
 } >>"$EXTRA"
 
 # ---------------------------------------------------------------------------------------------

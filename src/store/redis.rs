@@ -4,16 +4,23 @@
 //!
 //! Keys, where `U` is `u` and the user id hex-encoded (no user id can collide with another or break out
 //! of the hash tag, whatever it contains):
-//! - `<prefix>:{U}:up:<uuid>`: one upload (a hash), expiring when it is forgotten;
+//! - `<prefix>:{U}:up:<uuid>`: one upload (a string, see [`layout`]), expiring when it is
+//!   forgotten;
 //! - `<prefix>:{U}:open`: the user's open uploads (a sorted set scored by window end);
 //! - `<prefix>:{U}:day:<yyyymmdd>`: the user's confirmed uploads and bytes that day;
 //! - `<prefix>:{U}:rate`: the user's presign rate-limit state (GCRA theoretical arrival time);
 //! - `<prefix>:{U}:confirm-rate`: the same for confirmations.
 //!
-//! A presign costs two round trips (`ADMIT`: quotas and budget; `RECORD`), a confirmation two
-//! (`CLAIM`: budget and claim; `CONSUME` or `RELEASE`).
+//! A presign costs two round trips (admit: quotas and budget; record), a confirmation two
+//! (claim: budget and claim; consume or release).
+//!
+//! What Redis spends per step is mostly fixed costs: running a script, each argument crossing
+//! into Lua (copied, and interned: Redis hashes every byte), each command a script runs, each
+//! number parsed from text. So the scripts run as few commands as they can, read and write only
+//! the bytes they need, take the rules as literals in their text, and answer numbers from which
+//! Rust derives the rest.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -93,8 +100,31 @@ impl KeyBuilder {
     /// `<prefix>:{u<hex user>}:<suffix>`: every key of a user hashes to the same cluster slot, so
     /// one script can touch all of them.
     pub fn user_key(&self, user: &str, suffix: &str) -> String {
+        self.user(user).key(suffix)
+    }
+
+    /// The user's keys: the user id is encoded once for all of them.
+    fn user(&self, user: &str) -> UserKeys {
         // "u" keeps the tag non-empty for an empty id: `{}` would hash the whole key instead.
-        format!("{}:{{u{}}}:{suffix}", self.prefix, hex(user))
+        let mut prefix = String::with_capacity(self.prefix.len() + 2 * user.len() + 5);
+        prefix.push_str(&self.prefix);
+        prefix.push_str(":{u");
+        for byte in user.bytes() {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            prefix.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            prefix.push(char::from(DIGITS[usize::from(byte & 15)]));
+        }
+        prefix.push_str("}:");
+        UserKeys(prefix)
+    }
+}
+
+/// One user's key prefix, hash tag included.
+struct UserKeys(String);
+
+impl UserKeys {
+    fn key(&self, suffix: impl std::fmt::Display) -> String {
+        format!("{}{suffix}", self.0)
     }
 }
 
@@ -117,153 +147,279 @@ impl std::fmt::Debug for RedisStore {
 }
 
 struct Scripts {
-    admit: Script,
-    record: Script,
-    claim: Script,
+    admit: ScriptCache<PresignRules>,
+    record: ScriptCache<usize>,
+    claim: ScriptCache<ClaimScriptRules>,
     release: Script,
     consume: Script,
     usage: Script,
 }
 
-const RECORD: &str = r#"
--- KEYS: upload, open. ARGV: now_ms, cap, window_end_ms, ttl_ms, uuid, key, user, source, issued_ms, forget_ms
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 'CAP' end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'DUPLICATE' end
-redis.call('HSET', KEYS[1], 'key', ARGV[6], 'user', ARGV[7], 'source', ARGV[8], 'issued', ARGV[9],
-  'window_end', ARGV[3], 'forget', ARGV[10], 'state', 'issued')
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
-return 'OK'
-"#;
+/// Scripts with their rules written into the text as Lua literals, one per rule set in use (a
+/// tier's quotas, a rate limit), built on first use. A literal is parsed once, when Redis compiles
+/// the script; an argument is sent, copied into Lua, interned and parsed on every call.
+struct ScriptCache<K> {
+    scripts: std::sync::Mutex<Vec<(K, Arc<Script>)>>,
+}
 
-/// GCRA on the budget key `KEYS[RATE]` with `ARGV[INTERVAL]` (µs) and `ARGV[BURST]`, timed by the
-/// Redis server's clock (replicas' clocks do not matter): the arithmetic of
-/// [`crate::rate_limit::gcra`]. Leaves `allowed`, `remaining`, `reset_us`, `retry_us` set.
-const GCRA: &str = r#"
+/// Rule sets kept at once: a few tiers, and the sets a configuration reload leaves behind; past
+/// it the cache starts again.
+const MAX_CACHED_SCRIPTS: usize = 64;
+
+impl<K: Copy + PartialEq> ScriptCache<K> {
+    fn new() -> Self {
+        Self {
+            scripts: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn get(&self, rules: K, text: impl FnOnce(K) -> String) -> Arc<Script> {
+        let mut scripts = self
+            .scripts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, script)) = scripts.iter().find(|(cached, _)| *cached == rules) {
+            return script.clone();
+        }
+        if scripts.len() >= MAX_CACHED_SCRIPTS {
+            scripts.clear();
+        }
+        let script = Arc::new(Script::new(&text(rules)));
+        scripts.push((rules, script.clone()));
+        script
+    }
+}
+
+/// What the claim script is written for: the confirmation budget and the daily quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ClaimScriptRules {
+    rate: RateLimit,
+    max_uploads_per_day: Option<u64>,
+    max_bytes_per_day: Option<u64>,
+}
+
+/// An upload is one string: a header of fixed-width fields that the scripts read and overwrite
+/// in place (`GETRANGE`, `SETRANGE`), so that a settle neither reads nor rewrites the whole
+/// value; then what never changes (the key, the source); then, once consumed, the kept answer
+/// (`APPEND`). Numbers are decimal, zero-padded; an empty (spaces) retry time is none.
+/// Its first byte is the state: `i` issued, `c` claimed, `x` consumed.
+mod layout {
+    /// The last claim's lease (hyphenated UUID); spaces before the first claim.
+    pub const LEASE: usize = 1;
+    pub const LEASE_LEN: usize = 36;
+    /// The last claim's time, Unix seconds by the Redis server's clock.
+    pub const CLAIMED_AT: usize = 37;
+    pub const CLAIMED_AT_LEN: usize = 10;
+    /// Released claims (failed attempts).
+    pub const FAILED: usize = 47;
+    pub const FAILED_LEN: usize = 10;
+    /// No claim before this (ms); set when the attempts are used up.
+    pub const RETRY_AT: usize = 57;
+    pub const WINDOW_END: usize = 77;
+    pub const FORGET: usize = 97;
+    pub const ISSUED: usize = 117;
+    /// Width of the three instants above and of the retry time (an i64, sign included).
+    pub const INSTANT_LEN: usize = 20;
+    pub const KEY_LEN: usize = 137;
+    pub const SOURCE_LEN: usize = 147;
+    pub const LEN_LEN: usize = 10;
+    pub const HEADER: usize = 157;
+    /// The kept answer, after the source: status, content type length, content type, body.
+    pub const STATUS_LEN: usize = 5;
+}
+
+/// Puts the layout's positions into a script: `$NAME` becomes the field's first and last
+/// position as Lua counts them (from 1, inclusive), `@NAME` its 0-based first byte,
+/// `#HEADER` the header's length and `STATE_*` the state's byte (compared as a number: no
+/// one-byte string is made).
+fn with_layout(script: &str) -> String {
+    use layout::*;
+    let fields = [
+        ("LEASE", LEASE, LEASE_LEN),
+        ("CLAIMED_AT", CLAIMED_AT, CLAIMED_AT_LEN),
+        ("FAILED", FAILED, FAILED_LEN),
+        ("RETRY_AT", RETRY_AT, INSTANT_LEN),
+        ("WINDOW_END", WINDOW_END, INSTANT_LEN),
+        ("FORGET", FORGET, INSTANT_LEN),
+        ("KEY_LEN", KEY_LEN, LEN_LEN),
+    ];
+    let mut script = script
+        .replace("#HEADER", &HEADER.to_string())
+        .replace("STATE_CONSUMED", &b'x'.to_string())
+        .replace("STATE_CLAIMED", &b'c'.to_string());
+    for (name, at, len) in fields {
+        script = script
+            .replace(&format!("${name}"), &format!("{}, {}", at + 1, at + len))
+            .replace(&format!("@{name}"), &at.to_string());
+    }
+    debug_assert!(!script.contains('$'), "a layout name is unknown");
+    script
+}
+
+/// GCRA on the budget key `KEYS[{rate}]`, timed by the Redis server's clock (replicas' clocks
+/// do not matter): the arithmetic of [`crate::rate_limit::gcra`]. Leaves `t` (TIME), `allowed`
+/// and `wait` (how far the arrival time was ahead of now, µs), from which Rust derives the
+/// budget. The arrival time is kept for the tolerance (rounded up to ms): the longest it can be
+/// ahead of now, so that it never expires while it still counts.
+fn gcra(rate: usize, limit: &RateLimit) -> String {
+    let interval = limit.emission_interval_us();
+    let tolerance = i64::from(limit.burst.max(1)).saturating_mul(interval);
+    let slack = tolerance.saturating_sub(interval);
+    let ttl_ms = (tolerance.saturating_add(999) / 1000).max(1);
+    format!(
+        r#"
 local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[INTERVAL])
-local burst = tonumber(ARGV[BURST])
-local tat = tonumber(redis.call('GET', KEYS[RATE]) or '0')
+local now_us = t[1] * 1000000 + t[2]
+local tat = tonumber(redis.call('GET', KEYS[{rate}])) or now_us
 if tat < now_us then tat = now_us end
-local new_tat = tat + interval
-local allow_at = new_tat - burst * interval
-local allowed, remaining, reset_us, retry_us
-if now_us < allow_at then
-  allowed, remaining, reset_us, retry_us = false, 0, tat - now_us, allow_at - now_us
-else
-  redis.call('SET', KEYS[RATE], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now_us) / 1000))
-  allowed, remaining, reset_us, retry_us = true, math.floor((now_us - allow_at) / interval), new_tat - now_us, 0
-end
-"#;
+local wait = tat - now_us
+local allowed = wait <= {slack}
+if allowed then redis.call('SET', KEYS[{rate}], string.format('%d', tat + {interval}), 'PX', '{ttl_ms}') end
+"#
+    )
+}
 
-/// KEYS: open, day, rate. ARGV: now_ms, max_outstanding, max_uploads_per_day (or ''),
-/// max_bytes_per_day (or ''), interval_us, burst.
-const ADMIT: &str = r#"
-local now = ARGV[1]
-local open = redis.call('ZCOUNT', KEYS[1], now, '+inf')
-if open >= tonumber(ARGV[2]) then return {'QUOTA', 'outstanding'} end
-if ARGV[3] ~= '' or ARGV[4] ~= '' then
-  local day = redis.call('HMGET', KEYS[2], 'uploads', 'bytes')
-  -- Open uploads count toward the day: each may be confirmed today.
-  if ARGV[3] ~= '' and tonumber(day[1] or '0') + open >= tonumber(ARGV[3]) then return {'QUOTA', 'uploads'} end
-  if ARGV[4] ~= '' and tonumber(day[2] or '0') >= tonumber(ARGV[4]) then return {'QUOTA', 'bytes'} end
-end
-"#;
+/// KEYS: open, rate, and the day when a daily quota is set. ARGV: now_ms. Answers a quota
+/// (`ADMIT_*`), or the budget's `wait`.
+fn admit_script(rules: PresignRules) -> String {
+    let mut script = format!(
+        r#"
+local open = redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
+if open >= {} then return -1 end
+"#,
+        rules.max_outstanding
+    );
+    if rules.max_uploads_per_day.is_some() || rules.max_bytes_per_day.is_some() {
+        script += "local day = redis.call('HMGET', KEYS[3], 'uploads', 'bytes')\n";
+    }
+    if let Some(max) = rules.max_uploads_per_day {
+        script += "-- Open uploads count toward the day: each may be confirmed today.\n";
+        script += &format!("if tonumber(day[1] or '0') + open >= {max} then return -2 end\n");
+    }
+    if let Some(max) = rules.max_bytes_per_day {
+        script += &format!("if tonumber(day[2] or '0') >= {max} then return -3 end\n");
+    }
+    script + &gcra(2, &rules.rate) + "return wait\n"
+}
+const ADMIT_OUTSTANDING: i64 = -1;
+const ADMIT_UPLOADS: i64 = -2;
 
-/// KEYS: upload, day, confirm-rate. ARGV: now_ms, user, key, lease, max_uploads_per_day (or ''),
-/// max_bytes_per_day (or ''), interval_us, burst. Every answer ends with the budget.
-const CLAIM: &str = r#"
-if not allowed then return {'RATE_LIMITED', remaining, reset_us, retry_us} end
-local function answer(...)
-  local a = {...}
-  table.insert(a, remaining)
-  table.insert(a, reset_us)
-  table.insert(a, retry_us)
-  return a
+/// KEYS: upload (ending with its uuid, the open set's member), open. ARGV: now_ms, ttl_ms, the
+/// upload. Answers `RECORD_*`. Expired members leave the open set lazily: when the cap is
+/// reached, and when its TTL is extended, which it is by a margin so that most records need not.
+fn record_script(max_outstanding: usize, margin: Duration) -> String {
+    with_layout(&format!(
+        r#"
+if redis.call('ZCARD', KEYS[2]) >= {max_outstanding} then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+  if redis.call('ZCARD', KEYS[2]) >= {max_outstanding} then return 1 end
 end
-local f = redis.call('HMGET', KEYS[1], 'user', 'key', 'state', 'retry_at', 'window_end', 'forget',
-  'source', 'issued', 'status', 'content_type', 'body')
-local now = tonumber(ARGV[1])
-if not f[1] or f[1] ~= ARGV[2] or now >= tonumber(f[6]) then return answer('NOT_FOUND') end
-local same_key = f[2] == ARGV[3]
-if f[3] == 'consumed' then
-  if same_key and f[9] then return answer('CONFIRMED', f[9], f[10] or '', f[11]) end
-  return answer('CONFIRMED', '', '', '')
+if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[2]) then return 2 end
+redis.call('ZADD', KEYS[2], string.sub(ARGV[3], $WINDOW_END), string.sub(KEYS[1], -36))
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2] + {})
 end
-if not same_key then return answer('KEY_MISMATCH') end
--- A claim is never taken over: only its own settle ends it.
-if f[3] == 'claimed' then return answer('IN_FLIGHT') end
-if now > tonumber(f[5]) then return answer('EXPIRED') end
-if f[4] and now < tonumber(f[4]) then return answer('BACKING_OFF', f[4]) end
-if ARGV[5] ~= '' or ARGV[6] ~= '' then
-  local day = redis.call('HMGET', KEYS[2], 'uploads', 'bytes')
-  if ARGV[5] ~= '' and tonumber(day[1] or '0') >= tonumber(ARGV[5]) then return answer('QUOTA', 'uploads') end
-  if ARGV[6] ~= '' and tonumber(day[2] or '0') >= tonumber(ARGV[6]) then return answer('QUOTA', 'bytes') end
-end
--- The claim's time is the Redis server's, whatever the replica's clock says.
-redis.call('HSET', KEYS[1], 'state', 'claimed', 'lease', ARGV[4], 'claimed_at', t[1])
-return answer('CLAIMED', f[2], f[7], f[8], f[5])
-"#;
-
-/// The admission script: quotas, then (if they pass) the budget.
-fn admit_script() -> Script {
-    let gcra = GCRA
-        .replace("KEYS[RATE]", "KEYS[3]")
-        .replace("ARGV[INTERVAL]", "ARGV[5]")
-        .replace("ARGV[BURST]", "ARGV[6]");
-    Script::new(&format!(
-        "{ADMIT}{gcra}if not allowed then return {{'RATE_LIMITED', remaining, reset_us, retry_us}} end\nreturn {{'OK', remaining, reset_us, retry_us}}\n"
+return 0
+"#,
+        margin.as_millis()
     ))
 }
+const RECORD_CAP: i64 = 1;
+const RECORD_DUPLICATE: i64 = 2;
 
-/// The claim script: the budget, then the claim.
-fn claim_script() -> Script {
-    let gcra = GCRA
-        .replace("KEYS[RATE]", "KEYS[3]")
-        .replace("ARGV[INTERVAL]", "ARGV[7]")
-        .replace("ARGV[BURST]", "ARGV[8]");
-    Script::new(&format!("{gcra}{CLAIM}"))
-}
-
-const RELEASE: &str = r#"
--- KEYS: upload. ARGV: lease, max_attempts, retry_at_ms
-local f = redis.call('HMGET', KEYS[1], 'state', 'lease', 'failed')
-if f[2] ~= ARGV[1] then return 'STALE' end
--- This claim's release already landed (a retry after a timeout that hid its success).
-if f[1] == 'issued' then return 'OK' end
-if f[1] ~= 'claimed' then return 'STALE' end
-local failed = tonumber(f[3] or '0') + 1
-redis.call('HSET', KEYS[1], 'state', 'issued', 'failed', failed)
-if failed >= tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'retry_at', ARGV[3]) end
-return 'OK'
-"#;
-
-const CONSUME: &str = r#"
--- KEYS: upload, open, day. ARGV: lease, uuid, status, content_type, body (or ''), keep_body, size, day_ttl_ms
--- Everything that can fail is computed before the first write: the script never stops halfway.
-local f = redis.call('HMGET', KEYS[1], 'state', 'lease')
-if f[2] ~= ARGV[1] then return 'STALE' end
--- This claim's consume already landed (a retry after a timeout that hid its success).
-if f[1] == 'consumed' then return 'OK' end
-if f[1] ~= 'claimed' then return 'STALE' end
-local size = tonumber(ARGV[7])
-local ttl = tonumber(ARGV[8])
-if not size or not ttl or size < 0 then return redis.error_reply('consume: bad arguments') end
-local counted = tonumber(redis.call('HGET', KEYS[3], 'bytes') or '0') or 0
-local bytes = math.min(counted + size, 9007199254740991)
-redis.call('HSET', KEYS[1], 'state', 'consumed')
-if ARGV[6] == '1' then
-  redis.call('HSET', KEYS[1], 'status', ARGV[3], 'content_type', ARGV[4], 'body', ARGV[5])
+/// KEYS: upload, confirm-rate, and the day when a daily quota is set. ARGV: now_ms, key,
+/// 'c' .. lease. The budget, then the claim. Answers `{CLAIM_*, wait}`, and the upload where the
+/// verdict needs it (claimed: its fields; confirmed with the same key: the kept answer; backing
+/// off: the retry time).
+fn claim_script(rules: ClaimScriptRules) -> String {
+    let mut script = gcra(2, &rules.rate);
+    script += &with_layout(
+        r#"
+if not allowed then return {0, wait} end
+local v = redis.call('GET', KEYS[1])
+local now = tonumber(ARGV[1])
+if not v or now >= tonumber(string.sub(v, $FORGET)) then return {1, wait} end
+local key_len = tonumber(string.sub(v, $KEY_LEN))
+local same_key = key_len == #ARGV[2] and string.find(v, ARGV[2], #HEADER + 1, true) == #HEADER + 1
+local state = string.byte(v)
+if state == STATE_CONSUMED then
+  if same_key then return {2, wait, v} end
+  return {2, wait}
 end
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'uploads', 1)
-redis.call('HSET', KEYS[3], 'bytes', string.format('%d', bytes))
-redis.call('PEXPIRE', KEYS[3], ttl)
-return 'OK'
+if not same_key then return {3, wait} end
+-- A claim is never taken over: only its own settle ends it.
+if state == STATE_CLAIMED then return {4, wait} end
+if now > tonumber(string.sub(v, $WINDOW_END)) then return {5, wait} end
+local retry_at = tonumber(string.sub(v, $RETRY_AT))
+if retry_at and now < retry_at then return {6, wait, v} end
+"#,
+    );
+    if rules.max_uploads_per_day.is_some() || rules.max_bytes_per_day.is_some() {
+        script += "local day = redis.call('HMGET', KEYS[3], 'uploads', 'bytes')\n";
+    }
+    if let Some(max) = rules.max_uploads_per_day {
+        script += &format!("if tonumber(day[1] or '0') >= {max} then return {{7, wait}} end\n");
+    }
+    if let Some(max) = rules.max_bytes_per_day {
+        script += &format!("if tonumber(day[2] or '0') >= {max} then return {{8, wait}} end\n");
+    }
+    script
+        + r#"
+-- The claim's time is the Redis server's, whatever the replica's clock says (Unix seconds have
+-- ten digits until 2286).
+redis.call('SETRANGE', KEYS[1], 0, ARGV[3] .. t[1])
+return {9, wait, v}
+"#
+}
+const CLAIM_RATE_LIMITED: i64 = 0;
+const CLAIM_NOT_FOUND: i64 = 1;
+const CLAIM_CONFIRMED: i64 = 2;
+const CLAIM_KEY_MISMATCH: i64 = 3;
+const CLAIM_IN_FLIGHT: i64 = 4;
+const CLAIM_EXPIRED: i64 = 5;
+const CLAIM_BACKING_OFF: i64 = 6;
+const CLAIM_QUOTA_UPLOADS: i64 = 7;
+const CLAIM_QUOTA_BYTES: i64 = 8;
+const CLAIM_CLAIMED: i64 = 9;
+
+/// KEYS: upload. ARGV: lease, max_attempts, retry_at (the layout's instant). Answers `SETTLED_*`.
+const RELEASE: &str = r#"
+local h = redis.call('GETRANGE', KEYS[1], 0, @RETRY_AT - 1)
+if string.sub(h, $LEASE) ~= ARGV[1] then return 1 end
+-- This claim's release already landed (a retry after a timeout that hid its success).
+if string.sub(h, 1, 1) == 'i' then return 0 end
+if string.sub(h, 1, 1) ~= 'c' then return 1 end
+local failed = tonumber(string.sub(h, $FAILED)) + 1
+local header = 'i' .. string.sub(h, 2, @FAILED) .. string.format('%010d', failed)
+if failed >= tonumber(ARGV[2]) then header = header .. ARGV[3] end
+redis.call('SETRANGE', KEYS[1], 0, header)
+return 0
 "#;
+
+/// KEYS: upload (ending with its uuid), open, day. ARGV: 'c' .. lease (the state and lease this
+/// settle expects: one comparison of interned strings), the kept answer ('' for none), size.
+/// Answers `SETTLED_*`. The one write that can fail (a size that is not an integer) comes first:
+/// the script never stops halfway.
+const CONSUME: &str = r#"
+local h = redis.call('GETRANGE', KEYS[1], 0, @CLAIMED_AT - 1)
+if h ~= ARGV[1] then
+  -- This claim's consume already landed (a retry after a timeout that hid its success).
+  if string.byte(h) == STATE_CONSUMED and string.sub(h, 2) == string.sub(ARGV[1], 2) then return 0 end
+  return 1
+end
+if string.byte(ARGV[3]) == 45 then return redis.error_reply('consume: negative size') end
+if redis.call('HINCRBY', KEYS[3], 'bytes', ARGV[3]) > 9007199254740991 then
+  redis.call('HSET', KEYS[3], 'bytes', '9007199254740991')
+end
+redis.call('SETRANGE', KEYS[1], 0, 'x')
+if ARGV[2] ~= '' then redis.call('APPEND', KEYS[1], ARGV[2]) end
+redis.call('ZREM', KEYS[2], string.sub(KEYS[1], -36))
+-- A day's counters live two days from its first confirmation, long after the day ends.
+if redis.call('HINCRBY', KEYS[3], 'uploads', 1) == 1 then redis.call('PEXPIRE', KEYS[3], '172800000') end
+return 0
+"#;
+const SETTLED_DONE: i64 = 0;
 
 const USAGE: &str = r#"
 -- KEYS: open, day. ARGV: now_ms
@@ -272,32 +428,138 @@ local day = redis.call('HMGET', KEYS[2], 'uploads', 'bytes')
 return {open, tonumber(day[1] or '0'), tonumber(day[2] or '0')}
 "#;
 
-/// The budget from a script's `remaining, reset_us, retry_us`.
-fn budget_of(limit: &RateLimit, values: &[redis::Value]) -> Result<RateLimitHeaders, StoreError> {
-    let number = |i: usize| -> Result<i64, StoreError> {
-        values
-            .get(i)
-            .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
-            .ok_or(StoreError::Unavailable)
-    };
-    Ok(RateLimitHeaders::from_micros(
-        limit,
-        number(0)?,
-        number(1)?,
-        number(2)?,
-    ))
+/// The budget after a GCRA step whose arrival time was `wait` µs ahead of the server's clock,
+/// and whether it allowed the request: the script's arithmetic, shifted to now = 0.
+fn budget_of(limit: &RateLimit, wait: i64) -> (bool, RateLimitHeaders) {
+    let (kept, headers) = crate::rate_limit::gcra(wait, 0, limit);
+    (kept.is_some(), headers)
 }
 
-fn settled(answer: &str) -> Settled {
-    if answer == "OK" {
+/// An issued upload as the scripts keep it (see [`layout`]).
+fn encode_upload(upload: &IssuedUpload, forget: OffsetDateTime) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut value = Vec::with_capacity(layout::HEADER + upload.key.len() + upload.source.len());
+    write!(
+        value,
+        "i{:lease$}{:0claimed$}{:0failed$}{:instant$}{:0instant$}{:0instant$}{:0instant$}{:0len$}{:0len$}",
+        "",
+        0,
+        0,
+        "",
+        unix_ms(upload.window_end),
+        unix_ms(forget),
+        unix_ms(upload.issued_at),
+        upload.key.len(),
+        upload.source.len(),
+        lease = layout::LEASE_LEN,
+        claimed = layout::CLAIMED_AT_LEN,
+        failed = layout::FAILED_LEN,
+        instant = layout::INSTANT_LEN,
+        len = layout::LEN_LEN,
+    )
+    .expect("writing to a Vec");
+    value.extend_from_slice(upload.key.as_bytes());
+    value.extend_from_slice(upload.source.as_bytes());
+    debug_assert_eq!(
+        value.len(),
+        layout::HEADER + upload.key.len() + upload.source.len()
+    );
+    value
+}
+
+/// The kept answer as consume appends it (see [`layout`]).
+fn encode_response(response: &StoredResponse) -> Vec<u8> {
+    use std::io::Write as _;
+    let content_type = response.content_type.as_deref().unwrap_or_default();
+    let mut value = Vec::with_capacity(
+        layout::STATUS_LEN + layout::LEN_LEN + content_type.len() + response.body.len(),
+    );
+    write!(
+        value,
+        "{:0status$}{:0len$}{content_type}",
+        response.status,
+        content_type.len(),
+        status = layout::STATUS_LEN,
+        len = layout::LEN_LEN,
+    )
+    .expect("writing to a Vec");
+    value.extend_from_slice(&response.body);
+    value
+}
+
+/// Reads an upload kept as [`layout`] says.
+struct StoredUpload<'a>(&'a [u8]);
+
+impl<'a> StoredUpload<'a> {
+    fn bytes(&self, at: usize, len: usize) -> Result<&'a [u8], StoreError> {
+        self.0.get(at..at + len).ok_or(StoreError::Unavailable)
+    }
+
+    fn number(&self, at: usize, len: usize) -> Result<Option<i64>, StoreError> {
+        let text =
+            std::str::from_utf8(self.bytes(at, len)?).map_err(|_| StoreError::Unavailable)?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| StoreError::Unavailable)
+    }
+
+    fn instant(&self, at: usize) -> Result<OffsetDateTime, StoreError> {
+        let ms = self.number(at, layout::INSTANT_LEN)?;
+        ms.map(from_unix_ms).ok_or(StoreError::Unavailable)
+    }
+
+    fn length(&self, at: usize) -> Result<usize, StoreError> {
+        let len = self
+            .number(at, layout::LEN_LEN)?
+            .ok_or(StoreError::Unavailable)?;
+        usize::try_from(len).map_err(|_| StoreError::Unavailable)
+    }
+
+    fn text(&self, at: usize, len: usize) -> Result<String, StoreError> {
+        String::from_utf8(self.bytes(at, len)?.to_vec()).map_err(|_| StoreError::Unavailable)
+    }
+
+    /// The key and the source, and where the kept answer starts.
+    fn key_and_source(&self) -> Result<(String, String, usize), StoreError> {
+        let key_len = self.length(layout::KEY_LEN)?;
+        let source_len = self.length(layout::SOURCE_LEN)?;
+        let key = self.text(layout::HEADER, key_len)?;
+        let source = self.text(layout::HEADER + key_len, source_len)?;
+        Ok((key, source, layout::HEADER + key_len + source_len))
+    }
+
+    /// The answer kept when the upload was consumed, if it was.
+    fn response(&self) -> Result<Option<StoredResponse>, StoreError> {
+        let (_, _, at) = self.key_and_source()?;
+        if at == self.0.len() {
+            return Ok(None);
+        }
+        let status = self
+            .number(at, layout::STATUS_LEN)?
+            .ok_or(StoreError::Unavailable)?;
+        let content_type_len = self.length(at + layout::STATUS_LEN)?;
+        let content_type_at = at + layout::STATUS_LEN + layout::LEN_LEN;
+        let content_type = self.text(content_type_at, content_type_len)?;
+        let body = self
+            .0
+            .get(content_type_at + content_type_len..)
+            .ok_or(StoreError::Unavailable)?;
+        Ok(Some(StoredResponse {
+            status: u16::try_from(status).unwrap_or(200),
+            content_type: (!content_type.is_empty()).then_some(content_type),
+            body: Bytes::copy_from_slice(body),
+        }))
+    }
+}
+
+fn settled(answer: i64) -> Settled {
+    if answer == SETTLED_DONE {
         Settled::Done
     } else {
         Settled::Stale
     }
-}
-
-fn hex(user: &str) -> String {
-    user.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 impl RedisStore {
@@ -315,11 +577,11 @@ impl RedisStore {
             timeout: settings.operation_timeout,
             limits,
             scripts: Scripts {
-                admit: admit_script(),
-                record: Script::new(RECORD),
-                claim: claim_script(),
-                release: Script::new(RELEASE),
-                consume: Script::new(CONSUME),
+                admit: ScriptCache::new(),
+                record: ScriptCache::new(),
+                claim: ScriptCache::new(),
+                release: Script::new(&with_layout(RELEASE)),
+                consume: Script::new(&with_layout(CONSUME)),
                 usage: Script::new(USAGE),
             },
         };
@@ -379,10 +641,6 @@ impl RedisStore {
         self.keys.clone()
     }
 
-    fn user_key(&self, user: &str, suffix: &str) -> String {
-        self.keys.user_key(user, suffix)
-    }
-
     /// Runs one Redis operation under the operation timeout; any failure is "unavailable".
     async fn run<T>(
         &self,
@@ -423,10 +681,11 @@ impl RedisStore {
 impl UploadStore for RedisStore {
     async fn usage(&self, user: &str, now: OffsetDateTime) -> Result<Usage, StoreError> {
         let mut connection = self.connection.clone();
+        let keys = self.keys.user(user);
         let mut invocation = self.scripts.usage.prepare_invoke();
         invocation
-            .key(self.user_key(user, "open"))
-            .key(self.user_key(user, &format!("day:{}", day_of(now))))
+            .key(keys.key("open"))
+            .key(keys.key(format_args!("day:{}", day_of(now))))
             .arg(unix_ms(now));
         let (outstanding, uploads_today, bytes_today): (usize, u64, u64) =
             self.run(invocation.invoke_async(&mut connection)).await?;
@@ -444,36 +703,25 @@ impl UploadStore for RedisStore {
         rules: &PresignRules,
     ) -> Result<Admission, StoreError> {
         let mut connection = self.connection.clone();
-        let limit = |max: Option<u64>| max.map(|m| m.to_string()).unwrap_or_default();
-        let mut invocation = self.scripts.admit.prepare_invoke();
+        let keys = self.keys.user(user);
+        let script = self.scripts.admit.get(*rules, admit_script);
+        let mut invocation = script.prepare_invoke();
         invocation
-            .key(self.user_key(user, "open"))
-            .key(self.user_key(user, &format!("day:{}", day_of(now))))
-            .key(self.user_key(user, "rate"))
-            .arg(unix_ms(now))
-            .arg(rules.max_outstanding)
-            .arg(limit(rules.max_uploads_per_day))
-            .arg(limit(rules.max_bytes_per_day))
-            .arg(rules.rate.emission_interval_us())
-            .arg(rules.rate.burst.max(1));
-        let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
-        let verdict: Option<String> = answer
-            .first()
-            .and_then(|v| redis::from_redis_value(v.clone()).ok());
-        Ok(match verdict.as_deref() {
-            Some("OK") => Admission::Admitted(budget_of(&rules.rate, &answer[1..])?),
-            Some("RATE_LIMITED") => Admission::RateLimited(budget_of(&rules.rate, &answer[1..])?),
-            Some("QUOTA") => {
-                let kind: Option<String> = answer
-                    .get(1)
-                    .and_then(|v| redis::from_redis_value(v.clone()).ok());
-                Admission::QuotaReached(match kind.as_deref() {
-                    Some("outstanding") => QuotaKind::Outstanding,
-                    Some("uploads") => QuotaKind::UploadsPerDay,
-                    _ => QuotaKind::BytesPerDay,
-                })
-            }
-            _ => return Err(StoreError::Unavailable),
+            .key(keys.key("open"))
+            .key(keys.key("rate"))
+            .arg(unix_ms(now));
+        if rules.max_uploads_per_day.is_some() || rules.max_bytes_per_day.is_some() {
+            invocation.key(keys.key(format_args!("day:{}", day_of(now))));
+        }
+        let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
+        Ok(match answer {
+            ADMIT_OUTSTANDING => Admission::QuotaReached(QuotaKind::Outstanding),
+            ADMIT_UPLOADS => Admission::QuotaReached(QuotaKind::UploadsPerDay),
+            wait if wait < 0 => Admission::QuotaReached(QuotaKind::BytesPerDay),
+            wait => match budget_of(&rules.rate, wait) {
+                (true, budget) => Admission::Admitted(budget),
+                (false, budget) => Admission::RateLimited(budget),
+            },
         })
     }
 
@@ -484,27 +732,25 @@ impl UploadStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        let id = upload.s3object_id.to_string();
+        let keys = self.keys.user(&upload.user);
         let forget = upload.window_end + self.limits.remember_expired;
-        let mut invocation = self.scripts.record.prepare_invoke();
+        let margin = self.limits.remember_expired;
+        let script = self
+            .scripts
+            .record
+            .get(max_outstanding, |max| record_script(max, margin));
+        let mut invocation = script.prepare_invoke();
         invocation
-            .key(self.user_key(&upload.user, &format!("up:{id}")))
-            .key(self.user_key(&upload.user, "open"))
+            .key(keys.key(format_args!("up:{}", upload.s3object_id)))
+            .key(keys.key("open"))
             .arg(unix_ms(now))
-            .arg(max_outstanding)
-            .arg(unix_ms(upload.window_end))
             .arg(self.ttl_ms(upload.window_end, now))
-            .arg(&id)
-            .arg(&upload.key)
-            .arg(&upload.user)
-            .arg(&upload.source)
-            .arg(unix_ms(upload.issued_at))
-            .arg(unix_ms(forget));
-        let answer: String = self.run(invocation.invoke_async(&mut connection)).await?;
-        match answer.as_str() {
-            "OK" => Ok(()),
-            "DUPLICATE" => Err(StoreError::Duplicate),
-            "CAP" => Err(StoreError::UserCapReached {
+            .arg(encode_upload(upload, forget));
+        let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
+        match answer {
+            0 => Ok(()),
+            RECORD_DUPLICATE => Err(StoreError::Duplicate),
+            RECORD_CAP => Err(StoreError::UserCapReached {
                 limit: max_outstanding,
             }),
             _ => Err(StoreError::Unavailable),
@@ -520,74 +766,72 @@ impl UploadStore for RedisStore {
         rules: &ClaimRules,
     ) -> Result<Claim, StoreError> {
         let mut connection = self.connection.clone();
+        let keys = self.keys.user(user);
         let lease = Lease(Uuid::new_v4());
-        let limit = |max: Option<u64>| max.map(|m| m.to_string()).unwrap_or_default();
-        let mut invocation = self.scripts.claim.prepare_invoke();
-        invocation
-            .key(self.user_key(user, &format!("up:{id}")))
-            .key(self.user_key(user, &format!("day:{}", day_of(now))))
-            .key(self.user_key(user, "confirm-rate"))
-            .arg(unix_ms(now))
-            .arg(user)
-            .arg(key)
-            .arg(lease.0.to_string())
-            .arg(limit(rules.max_uploads_per_day))
-            .arg(limit(rules.max_bytes_per_day))
-            .arg(rules.rate.emission_interval_us())
-            .arg(rules.rate.burst.max(1));
-        let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
-        // The budget closes every answer.
-        let Some(fields) = answer.len().checked_sub(3) else {
-            return Err(StoreError::Unavailable);
-        };
-        let budget = budget_of(&rules.rate, &answer[fields..])?;
-        let answer = &answer[..fields];
-        let text = |i: usize| -> Option<String> {
-            answer
-                .get(i)
-                .and_then(|v| redis::from_redis_value(v.clone()).ok())
-        };
-        let number = |i: usize| -> Result<i64, StoreError> {
-            text(i)
-                .and_then(|t| t.parse().ok())
-                .ok_or(StoreError::Unavailable)
-        };
-        let outcome = match text(0).as_deref() {
-            Some("RATE_LIMITED") => ClaimOutcome::RateLimited,
-            Some("NOT_FOUND") => ClaimOutcome::NotFound,
-            Some("KEY_MISMATCH") => ClaimOutcome::KeyMismatch,
-            Some("EXPIRED") => ClaimOutcome::Expired,
-            Some("IN_FLIGHT") => ClaimOutcome::InFlight,
-            Some("BACKING_OFF") => ClaimOutcome::BackingOff {
-                until: from_unix_ms(number(1)?),
+        let script = self.scripts.claim.get(
+            ClaimScriptRules {
+                rate: rules.rate,
+                max_uploads_per_day: rules.max_uploads_per_day,
+                max_bytes_per_day: rules.max_bytes_per_day,
             },
-            Some("QUOTA") => ClaimOutcome::DailyQuotaReached(match text(1).as_deref() {
-                Some("bytes") => QuotaKind::BytesPerDay,
-                _ => QuotaKind::UploadsPerDay,
+            claim_script,
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(keys.key(format_args!("up:{id}")))
+            .key(keys.key("confirm-rate"))
+            .arg(unix_ms(now))
+            .arg(key)
+            .arg(format!("c{}", lease.0));
+        if rules.max_uploads_per_day.is_some() || rules.max_bytes_per_day.is_some() {
+            invocation.key(keys.key(format_args!("day:{}", day_of(now))));
+        }
+        let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
+        let (verdict, wait, stored) = match answer.as_slice() {
+            [
+                redis::Value::Int(verdict),
+                redis::Value::Int(wait),
+                rest @ ..,
+            ] => (
+                *verdict,
+                *wait,
+                match rest {
+                    [redis::Value::BulkString(stored)] => Some(stored.as_slice()),
+                    _ => None,
+                },
+            ),
+            _ => return Err(StoreError::Unavailable),
+        };
+        let (_, budget) = budget_of(&rules.rate, wait);
+        let stored = || stored.map(StoredUpload).ok_or(StoreError::Unavailable);
+        let outcome = match verdict {
+            CLAIM_RATE_LIMITED => ClaimOutcome::RateLimited,
+            CLAIM_NOT_FOUND => ClaimOutcome::NotFound,
+            CLAIM_KEY_MISMATCH => ClaimOutcome::KeyMismatch,
+            CLAIM_EXPIRED => ClaimOutcome::Expired,
+            CLAIM_IN_FLIGHT => ClaimOutcome::InFlight,
+            CLAIM_BACKING_OFF => ClaimOutcome::BackingOff {
+                until: stored()?.instant(layout::RETRY_AT)?,
+            },
+            CLAIM_QUOTA_UPLOADS => ClaimOutcome::DailyQuotaReached(QuotaKind::UploadsPerDay),
+            CLAIM_QUOTA_BYTES => ClaimOutcome::DailyQuotaReached(QuotaKind::BytesPerDay),
+            // Another key than the one confirmed gets no answer: the script sends none.
+            CLAIM_CONFIRMED => ClaimOutcome::AlreadyConfirmed(match stored() {
+                Ok(upload) => upload.response()?,
+                Err(_) => None,
             }),
-            Some("CONFIRMED") => ClaimOutcome::AlreadyConfirmed(match (text(1), text(2)) {
-                (Some(status), Some(content_type)) if !status.is_empty() => Some(StoredResponse {
-                    status: status.parse().unwrap_or(200),
-                    content_type: (!content_type.is_empty()).then_some(content_type),
-                    body: answer
-                        .get(3)
-                        .and_then(|v| redis::from_redis_value::<Vec<u8>>(v.clone()).ok())
-                        .map(Bytes::from)
-                        .unwrap_or_default(),
-                }),
-                _ => None,
-            }),
-            Some("CLAIMED") => {
-                let field = |i| text(i).ok_or(StoreError::Unavailable);
+            CLAIM_CLAIMED => {
+                let upload = stored()?;
+                let (key, source, _) = upload.key_and_source()?;
                 ClaimOutcome::Claimed {
                     lease,
                     upload: IssuedUpload {
                         s3object_id: id,
-                        key: field(1)?,
+                        key,
                         user: user.to_owned(),
-                        source: field(2)?,
-                        issued_at: from_unix_ms(number(3)?),
-                        window_end: from_unix_ms(number(4)?),
+                        source,
+                        issued_at: upload.instant(layout::ISSUED)?,
+                        window_end: upload.instant(layout::WINDOW_END)?,
                     },
                 }
             }
@@ -604,16 +848,17 @@ impl UploadStore for RedisStore {
         rules: &ClaimRules,
     ) -> Result<Settled, StoreError> {
         let mut connection = self.connection.clone();
+        let keys = self.keys.user(&upload.user);
         let retry_at = unix_ms(now)
             .saturating_add(i64::try_from(rules.attempt_backoff.as_millis()).unwrap_or(i64::MAX));
         let mut invocation = self.scripts.release.prepare_invoke();
         invocation
-            .key(self.user_key(&upload.user, &format!("up:{}", upload.s3object_id)))
+            .key(keys.key(format_args!("up:{}", upload.s3object_id)))
             .arg(lease.0.to_string())
             .arg(rules.max_attempts)
-            .arg(retry_at);
-        let answer: String = self.run(invocation.invoke_async(&mut connection)).await?;
-        Ok(settled(&answer))
+            .arg(format!("{retry_at:0width$}", width = layout::INSTANT_LEN));
+        let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
+        Ok(settled(answer))
     }
 
     async fn consume(
@@ -625,26 +870,22 @@ impl UploadStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<Settled, StoreError> {
         let mut connection = self.connection.clone();
-        let keep = response.body.len() <= MAX_STORED_RESPONSE_BYTES;
+        let keys = self.keys.user(&upload.user);
+        let kept = if response.body.len() <= MAX_STORED_RESPONSE_BYTES {
+            encode_response(&response)
+        } else {
+            Vec::new()
+        };
         let mut invocation = self.scripts.consume.prepare_invoke();
         invocation
-            .key(self.user_key(&upload.user, &format!("up:{}", upload.s3object_id)))
-            .key(self.user_key(&upload.user, "open"))
-            .key(self.user_key(&upload.user, &format!("day:{}", day_of(now))))
-            .arg(lease.0.to_string())
-            .arg(upload.s3object_id.to_string())
-            .arg(response.status)
-            .arg(response.content_type.unwrap_or_default())
-            .arg(if keep {
-                response.body.as_ref()
-            } else {
-                &b""[..]
-            })
-            .arg(if keep { "1" } else { "0" })
-            .arg(size_bytes.min(MAX_COUNTED_BYTES))
-            .arg(2 * 24 * 3600 * 1000);
-        let answer: String = self.run(invocation.invoke_async(&mut connection)).await?;
-        Ok(settled(&answer))
+            .key(keys.key(format_args!("up:{}", upload.s3object_id)))
+            .key(keys.key("open"))
+            .key(keys.key(format_args!("day:{}", day_of(now))))
+            .arg(format!("c{}", lease.0))
+            .arg(kept)
+            .arg(size_bytes.min(MAX_COUNTED_BYTES));
+        let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
+        Ok(settled(answer))
     }
 
     async fn purge(&self, _now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError> {
@@ -659,5 +900,58 @@ impl UploadStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         RedisStore::ping(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_hex_encode_the_user_inside_the_hash_tag() {
+        let keys = KeyBuilder { prefix: "p".into() };
+        assert_eq!(keys.user_key("a}:{b", "open"), "p:{u617d3a7b62}:open");
+        assert_eq!(keys.user_key("", "rate"), "p:{u}:rate");
+        assert_eq!(keys.user_key("ü", "x"), "p:{uc3bc}:x");
+    }
+
+    #[test]
+    fn an_upload_reads_back_as_written() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let upload = IssuedUpload {
+            s3object_id: Uuid::new_v4(),
+            key: "uploads/ü|x/a.png".into(),
+            user: "alice".into(),
+            source: "field_value".into(),
+            issued_at: now,
+            window_end: now + Duration::from_secs(600),
+        };
+        let mut value = encode_upload(&upload, upload.window_end + Duration::from_secs(3600));
+        let stored = StoredUpload(&value);
+        assert_eq!(stored.instant(layout::ISSUED).unwrap(), upload.issued_at);
+        assert_eq!(
+            stored.instant(layout::WINDOW_END).unwrap(),
+            upload.window_end
+        );
+        let (key, source, _) = stored.key_and_source().unwrap();
+        assert_eq!(
+            (key.as_str(), source.as_str()),
+            (upload.key.as_str(), "field_value")
+        );
+        assert_eq!(stored.response().unwrap(), None);
+        assert_eq!(
+            stored
+                .number(layout::RETRY_AT, layout::INSTANT_LEN)
+                .unwrap(),
+            None
+        );
+
+        let answer = StoredResponse {
+            status: 201,
+            content_type: None,
+            body: Bytes::from_static(b"{}"),
+        };
+        value.extend_from_slice(&encode_response(&answer));
+        assert_eq!(StoredUpload(&value).response().unwrap(), Some(answer));
     }
 }
