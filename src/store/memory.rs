@@ -137,25 +137,90 @@ struct Chunk {
     dead: usize,
 }
 
-/// The key stored at `at` (page number, then offset in the page's last 12 bits), and its stored
-/// bytes (length, LEB128, then the key) in that page.
-fn stored_key(pages: &[Vec<u8>], at: u32) -> (&str, Range<usize>) {
-    let page = &pages[(at >> 12) as usize];
-    let start = (at & 0xfff) as usize;
-    let mut next = start;
-    let mut len = 0;
+/// A key as stored: the text around its upload's id when it holds the id, as Kizen's keys do
+/// (`uploads/<business>/<id>/<file>`), so that the id is not kept twice (36 bytes); else all of
+/// it in `before`.
+struct StoredKey<'a> {
+    before: &'a str,
+    id: Option<Uuid>,
+    after: &'a str,
+}
+
+impl StoredKey<'_> {
+    fn matches(&self, key: &str) -> bool {
+        let Some(id) = self.id else {
+            return self.before == key;
+        };
+        let middle = self.before.len()..self.before.len() + ID_TEXT;
+        key.len() == middle.end + self.after.len()
+            && key.starts_with(self.before)
+            && key.ends_with(self.after)
+            && key.as_bytes()[middle]
+                == *id
+                    .hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer())
+                    .as_bytes()
+    }
+
+    fn text(&self) -> String {
+        let mut key = String::with_capacity(self.before.len() + ID_TEXT + self.after.len());
+        key.push_str(self.before);
+        if let Some(id) = self.id {
+            key.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+        }
+        key.push_str(self.after);
+        key
+    }
+}
+
+/// Length of an id's hyphenated text.
+const ID_TEXT: usize = 36;
+
+fn read_varint(page: &[u8], next: &mut usize) -> usize {
+    let mut value = 0;
     let mut shift = 0;
     loop {
-        let byte = page[next];
-        next += 1;
-        len |= usize::from(byte & 0x7f) << shift;
+        let byte = page[*next];
+        *next += 1;
+        value |= usize::from(byte & 0x7f) << shift;
         if byte < 0x80 {
-            break;
+            return value;
         }
         shift += 7;
     }
-    let key = std::str::from_utf8(&page[next..next + len]).expect("keys are stored whole");
-    (key, start..next + len)
+}
+
+fn write_varint(head: &mut [u8], used: &mut usize, mut value: usize) {
+    while value >= 0x80 {
+        head[*used] = (value & 0x7f) as u8 | 0x80;
+        value >>= 7;
+        *used += 1;
+    }
+    head[*used] = value as u8;
+    *used += 1;
+}
+
+/// The key of upload `id` stored at `at` (page number, then offset in the page's last 12 bits),
+/// and its stored bytes in that page. Stored: the kept length times two, plus one if the id was
+/// cut out (LEB128); then where it was; then the kept bytes.
+fn stored_key(pages: &[Vec<u8>], at: u32, id: Uuid) -> (StoredKey<'_>, Range<usize>) {
+    let page = &pages[(at >> 12) as usize];
+    let start = (at & 0xfff) as usize;
+    let mut next = start;
+    let head = read_varint(page, &mut next);
+    let cut = if head & 1 == 1 {
+        Some(read_varint(page, &mut next))
+    } else {
+        None
+    };
+    let kept = &page[next..next + (head >> 1)];
+    let text = |bytes| std::str::from_utf8(bytes).expect("keys are stored whole");
+    let key = StoredKey {
+        before: text(&kept[..cut.unwrap_or(kept.len())]),
+        id: cut.map(|_| id),
+        after: text(&kept[cut.unwrap_or(kept.len())..]),
+    };
+    (key, start..next + (head >> 1))
 }
 
 /// Appends `parts` as one stored key, returning where.
@@ -178,26 +243,33 @@ fn store(pages: &mut Vec<Vec<u8>>, stored: &mut usize, parts: &[&[u8]]) -> u32 {
 }
 
 impl Chunk {
-    fn push_key(&mut self, key: &str) -> u32 {
-        let mut head = [0; 10];
+    fn push_key(&mut self, key: &str, id: Uuid) -> u32 {
+        let mut text = Uuid::encode_buffer();
+        let text = id.hyphenated().encode_lower(&mut text);
+        let (before, after, cut) = match key.find(&*text) {
+            Some(cut) => (&key[..cut], &key[cut + ID_TEXT..], true),
+            None => (key, "", false),
+        };
+        let mut head = [0; 20];
         let mut used = 0;
-        let mut len = key.len();
-        while len >= 0x80 {
-            head[used] = (len & 0x7f) as u8 | 0x80;
-            len >>= 7;
-            used += 1;
+        write_varint(
+            &mut head,
+            &mut used,
+            (before.len() + after.len()) << 1 | usize::from(cut),
+        );
+        if cut {
+            write_varint(&mut head, &mut used, before.len());
         }
-        head[used] = len as u8;
         store(
             &mut self.pages,
             &mut self.stored,
-            &[&head[..=used], key.as_bytes()],
+            &[&head[..used], before.as_bytes(), after.as_bytes()],
         )
     }
 
     /// Counts the key of an entry gone as dead; past a quarter, moves the live ones to new pages.
-    fn forget_key(&mut self, at: u32) {
-        self.dead += stored_key(&self.pages, at).1.len();
+    fn forget_key(&mut self, at: u32, id: Uuid) {
+        self.dead += stored_key(&self.pages, at, id).1.len();
         if self.dead * 4 <= self.stored {
             return;
         }
@@ -205,7 +277,7 @@ impl Chunk {
         self.stored = 0;
         self.dead = 0;
         for entry in self.entries.iter_mut().flatten() {
-            let bytes = stored_key(&old, entry.key_at).1;
+            let bytes = stored_key(&old, entry.key_at, entry.id).1;
             let bytes = &old[(entry.key_at >> 12) as usize][bytes];
             entry.key_at = store(&mut self.pages, &mut self.stored, &[bytes]);
         }
@@ -248,8 +320,9 @@ impl Slab {
         self.get(slot).order()
     }
 
-    fn key(&self, slot: Slot) -> &str {
-        stored_key(&self.chunks[place(slot).0].pages, self.get(slot).key_at).0
+    fn key(&self, slot: Slot) -> StoredKey<'_> {
+        let entry = self.get(slot);
+        stored_key(&self.chunks[place(slot).0].pages, entry.key_at, entry.id).0
     }
 
     fn issued_ms(&self, slot: Slot) -> i64 {
@@ -295,7 +368,7 @@ impl Slab {
         let entry = Some(Entry {
             id: upload.s3object_id,
             window_end_ms,
-            key_at: chunk.push_key(&upload.key),
+            key_at: chunk.push_key(&upload.key, upload.s3object_id),
             user,
             window_ms,
             source,
@@ -316,7 +389,7 @@ impl Slab {
         let entry = chunk.entries[at]
             .take()
             .expect("every indexed slot holds an upload");
-        chunk.forget_key(entry.key_at);
+        chunk.forget_key(entry.key_at, entry.id);
         if entry.window_ms == FAR {
             self.far_issued.remove(&slot);
         }
@@ -780,7 +853,7 @@ impl Inner {
         let entry = self.slab.get(slot);
         IssuedUpload {
             s3object_id: entry.id,
-            key: self.slab.key(slot).to_owned(),
+            key: self.slab.key(slot).text(),
             user: user.to_owned(),
             source: self.sources[usize::from(entry.source)].to_string(),
             issued_at: from_unix_ms(self.slab.issued_ms(slot)),
@@ -934,7 +1007,7 @@ impl MemoryStore {
         if now_ms >= entry.window_end_ms.saturating_add(remember_ms) {
             return ClaimOutcome::NotFound;
         }
-        let key_matches = inner.slab.key(slot) == key;
+        let key_matches = inner.slab.key(slot).matches(key);
         let attempts = inner.attempts.get(&slot);
         match entry.stage {
             Stage::Consumed => {
@@ -1276,7 +1349,7 @@ mod tests {
                     let slot = Slot::try_from(number * CHUNK + at).unwrap();
                     live += 1;
                     consumed += usize::from(entry.stage == Stage::Consumed);
-                    stored += stored_key(&chunk.pages, entry.key_at).1.len();
+                    stored += stored_key(&chunk.pages, entry.key_at, entry.id).1.len();
                     assert_eq!(
                         self.index.find(&self.slab, entry.user, &entry.id),
                         Some(slot)
