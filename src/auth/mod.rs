@@ -196,11 +196,6 @@ impl Verifier {
         Some(jwks.spawn_refresh(refresh_interval))
     }
 
-    /// The JWKS cache, when `auth.jwks.url` is configured.
-    pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
-        self.jwks.as_ref()
-    }
-
     fn static_keys(&self) -> Arc<KeySet> {
         self.static_keys
             .read()
