@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use kizen_gateway::{
     App, Config,
-    clock::ManualClock,
+    clock::{Clock, ManualClock},
     standin::{RecordedRequest, Standin, StandinConfig},
     store::UploadStore,
 };
@@ -59,6 +59,19 @@ public_key_file = "{ed}"
     )
 }
 
+/// A test clock at the real time, unless that is in the last five minutes of a UTC day: then just
+/// past midnight, so that a test moving time by a few minutes never sees its daily counters reset
+/// halfway. Upload windows (an hour past Kizen's `expires_at`) easily absorb that offset.
+fn clock_clear_of_midnight() -> ManualClock {
+    let clock = ManualClock::default();
+    let seconds_into_day = clock.now().unix_timestamp().rem_euclid(86_400);
+    let to_midnight = 86_400 - seconds_into_day;
+    if to_midnight <= 300 {
+        clock.advance(Duration::from_secs(to_midnight as u64 + 1));
+    }
+    clock
+}
+
 pub struct TestGatewayBuilder {
     layers: Vec<String>,
     clock: ManualClock,
@@ -72,7 +85,7 @@ impl Default for TestGatewayBuilder {
     fn default() -> Self {
         Self {
             layers: Vec::new(),
-            clock: ManualClock::default(),
+            clock: clock_clear_of_midnight(),
             store: None,
             keys: true,
             upstream: None,
