@@ -475,9 +475,11 @@ pub static PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/pro
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        if self.status().is_server_error() {
-            // The client hears the code only; the operator reads the cause.
-            tracing::warn!(code = self.code().as_str(), cause = %self, "request failed");
+        // The client hears the code only; the operator reads the cause. The upstream and the store
+        // log their own failures where they happen, with more detail than is left here; an
+        // overload or a deadline is the access line's outcome. What is left is a bug's cause.
+        if let GatewayError::Internal(cause) = &self {
+            tracing::error!(code = self.code().as_str(), cause, "request failed");
         }
         let mut response = (self.status(), self.to_json()).into_response();
         let headers = response.headers_mut();

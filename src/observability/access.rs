@@ -87,7 +87,6 @@ pub async fn observe(
     let route = route_label(request.uri().path());
     let user = RequestUser::default();
     request.extensions_mut().insert(user.clone());
-    let request_id = Some(request_id);
 
     // The request's span: a server span in OpenTelemetry, child of the client's trace if any.
     // Built only when OpenTelemetry consumes it; the access line carries the same fields.
@@ -96,7 +95,7 @@ pub async fn observe(
             "request",
             otel.name = %format_args!("{method} {route}"),
             otel.kind = "server",
-            request_id = request_id.as_deref().unwrap_or("-"),
+            request_id = &*request_id,
             route,
             http.response.status_code = tracing::field::Empty,
         );
@@ -128,7 +127,7 @@ pub async fn observe(
     let audit = response.extensions_mut().remove::<AuditEvent>();
     write_line(
         &AccessLine {
-            request_id: request_id.as_deref().unwrap_or("-"),
+            request_id: &request_id,
             method: &method,
             route,
             user: user.get().unwrap_or("-"),
