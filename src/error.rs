@@ -533,3 +533,33 @@ impl From<StoreError> for GatewayError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::GatewayError;
+    use crate::upstream::UpstreamFailure;
+
+    #[test]
+    fn an_upstream_credentials_refusal_has_an_outcome_of_its_own() {
+        // deploy/monitoring's KizenGatewayUpstreamCredentialsRejected alerts on requests whose
+        // outcome is this code: Kizen refused the gateway's credentials, and nothing else maps
+        // to it.
+        let code = GatewayError::Upstream(UpstreamFailure::CredentialsRejected).code();
+        assert_eq!(
+            (code.as_str(), code.status().as_u16()),
+            ("upstream_unavailable", 502)
+        );
+        for other in [
+            UpstreamFailure::Unreachable,
+            UpstreamFailure::Timeout,
+            UpstreamFailure::BadResponse,
+            UpstreamFailure::ServerError,
+            UpstreamFailure::RequestNotBuilt,
+        ] {
+            assert_ne!(
+                GatewayError::Upstream(other).code().as_str(),
+                "upstream_unavailable"
+            );
+        }
+    }
+}

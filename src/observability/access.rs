@@ -33,19 +33,37 @@ pub struct Outcome(pub &'static str);
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
 
-/// A slot the auth extractor fills, so that the access line can name the user.
+/// A slot the auth extractor fills, so that the access line can name the user and the metrics
+/// the user's quota tier.
 #[derive(Debug, Clone, Default)]
-pub struct RequestUser(Arc<OnceLock<String>>);
+pub struct RequestUser(Arc<UserSlot>);
+
+#[derive(Debug, Default)]
+struct UserSlot {
+    id: OnceLock<String>,
+    tier: OnceLock<String>,
+}
 
 impl RequestUser {
     /// Names the authenticated user (its qualified id); only the first call counts.
     pub fn set(&self, user: &str) {
-        let _ = self.0.set(user.to_owned());
+        let _ = self.0.id.set(user.to_owned());
     }
 
     /// The user named by [`set`](Self::set), if the request got that far.
     pub fn get(&self) -> Option<&str> {
-        self.0.get().map(String::as_str)
+        self.0.id.get().map(String::as_str)
+    }
+
+    /// Names the user's quota tier: a configured tier's name (never the raw claim, which the
+    /// client controls), so that it is a bounded metric label. Only the first call counts.
+    pub fn set_tier(&self, tier: &str) {
+        let _ = self.0.tier.set(tier.to_owned());
+    }
+
+    /// The tier named by [`set_tier`](Self::set_tier), if the request got that far.
+    pub fn tier(&self) -> Option<&str> {
+        self.0.tier.get().map(String::as_str)
     }
 }
 
@@ -123,7 +141,7 @@ pub async fn observe(
             "error"
         });
     let elapsed = started.elapsed().as_secs_f64();
-    metrics.observe_request(route, status.as_u16(), outcome, elapsed);
+    metrics.observe_request(route, status.as_u16(), outcome, user.tier(), elapsed);
     let audit = response.extensions_mut().remove::<AuditEvent>();
     write_line(
         &AccessLine {

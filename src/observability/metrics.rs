@@ -32,6 +32,23 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The labels of `kizen_gateway_rate_limited_total`: the refused user's quota tier.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    /// A configured tier's name (`quotas.tiers`), or `unknown` before the user is known.
+    pub tier: String,
+}
+
+/// The labels of `kizen_gateway_quota_rejections_total`: the tier and the quota's problem code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierReasonLabels {
+    /// A configured tier's name (`quotas.tiers`), or `unknown` before the user is known.
+    pub tier: String,
+    /// The quota's problem code: `too_many_outstanding_uploads`, `daily_upload_quota_exceeded`
+    /// or `daily_byte_quota_exceeded`.
+    pub reason: &'static str,
+}
+
 /// The labels of counters broken down by how an operation ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -67,10 +84,12 @@ pub struct Metrics {
     pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     /// `kizen_gateway_auth_failures_total`: refused bearer tokens, by reason (the `token_*` codes).
     pub auth_failures: Family<ReasonLabels, Counter>,
-    /// `kizen_gateway_rate_limited_total`: presigns and confirmations refused by a rate limit.
-    pub rate_limited: Counter,
-    /// `kizen_gateway_quota_rejections_total`: presigns refused by a quota, by its problem code.
-    pub quota_rejections: Family<ReasonLabels, Counter>,
+    /// `kizen_gateway_rate_limited_total`: presigns and confirmations refused by a rate limit,
+    /// by the user's quota tier.
+    pub rate_limited: Family<TierLabels, Counter>,
+    /// `kizen_gateway_quota_rejections_total`: presigns and confirmations refused by a quota, by
+    /// the user's tier and the quota's problem code.
+    pub quota_rejections: Family<TierReasonLabels, Counter>,
     /// `kizen_gateway_uploads_issued_total`: uploads presigned and recorded.
     pub uploads_issued: Counter,
     /// `kizen_gateway_uploads_confirmed_total`: uploads confirmed upstream.
@@ -118,7 +137,7 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             upstream_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             auth_failures: Family::default(),
-            rate_limited: Counter::default(),
+            rate_limited: Family::default(),
             quota_rejections: Family::default(),
             uploads_issued: Counter::default(),
             uploads_confirmed: Counter::default(),
@@ -158,12 +177,12 @@ impl Metrics {
         );
         registry.register(
             "rate_limited",
-            "Requests refused by a per-user rate limit (presigns or confirmations)",
+            "Requests refused by a per-user rate limit (presigns or confirmations), by the user's quota tier",
             metrics.rate_limited.clone(),
         );
         registry.register(
             "quota_rejections",
-            "Presigns refused by a quota, by quota",
+            "Presigns and confirmations refused by a quota, by the user's tier and the quota",
             metrics.quota_rejections.clone(),
         );
         registry.register(
@@ -233,14 +252,17 @@ impl Metrics {
     }
 
     /// Counts one answered request; the outcome (a problem code or a success word) also feeds
-    /// the auth, rate-limit, quota and store counters.
+    /// the auth, rate-limit, quota and store counters. `tier` is the user's quota tier once the
+    /// token verified (a configured tier's name: a bounded label), `None` before.
     pub fn observe_request(
         &self,
         route: &'static str,
         status: u16,
         outcome: &'static str,
+        tier: Option<&str>,
         seconds: f64,
     ) {
+        let tier = || tier.unwrap_or("unknown").to_owned();
         self.requests
             .get_or_create(&RequestLabels {
                 route,
@@ -258,13 +280,18 @@ impl Metrics {
                     .inc();
             }
             "rate_limited" => {
-                self.rate_limited.inc();
+                self.rate_limited
+                    .get_or_create(&TierLabels { tier: tier() })
+                    .inc();
             }
             "too_many_outstanding_uploads"
             | "daily_upload_quota_exceeded"
             | "daily_byte_quota_exceeded" => {
                 self.quota_rejections
-                    .get_or_create(&ReasonLabels { reason: outcome })
+                    .get_or_create(&TierReasonLabels {
+                        tier: tier(),
+                        reason: outcome,
+                    })
                     .inc();
             }
             "store_unavailable" | "store_full" => {
@@ -285,5 +312,33 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn refusals_are_counted_by_tier() {
+        let metrics = Metrics::new();
+        metrics.observe_request("presign", 429, "rate_limited", Some("pro"), 0.001);
+        metrics.observe_request("confirm", 429, "rate_limited", Some("pro"), 0.001);
+        metrics.observe_request(
+            "presign",
+            429,
+            "daily_byte_quota_exceeded",
+            Some("default"),
+            0.001,
+        );
+        metrics.observe_request("presign", 429, "rate_limited", None, 0.001);
+        let text = metrics.render();
+        for line in [
+            r#"kizen_gateway_rate_limited_total{tier="pro"} 2"#,
+            r#"kizen_gateway_rate_limited_total{tier="unknown"} 1"#,
+            r#"kizen_gateway_quota_rejections_total{tier="default",reason="daily_byte_quota_exceeded"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

@@ -15,7 +15,8 @@ use crate::{
     validate::{self, ConfirmInput, PresignInput},
 };
 
-/// `Authorization: Bearer <JWT>`, verified. The access line learns the user's id.
+/// `Authorization: Bearer <JWT>`, verified. The access line learns the user's id, and the
+/// metrics the user's quota tier (as configured: an unknown claimed tier is the default one).
 impl FromRequestParts<AppState> for AuthenticatedUser {
     type Rejection = GatewayError;
 
@@ -27,6 +28,7 @@ impl FromRequestParts<AppState> for AuthenticatedUser {
         let user = state.verifier.verify(token).await?;
         if let Some(slot) = parts.extensions.get::<RequestUser>() {
             slot.set(&user.id);
+            slot.set_tier(state.config.quotas.tier(user.tier.as_deref()).0);
         }
         Ok(user)
     }

@@ -130,7 +130,10 @@ async fn metrics_move_with_real_requests() {
     let text = response.text().await.unwrap();
     assert_eq!(sample(&text, "kizen_gateway_uploads_issued_total"), 2.0);
     assert_eq!(sample(&text, "kizen_gateway_uploads_confirmed_total"), 1.0);
-    assert_eq!(sample(&text, "kizen_gateway_rate_limited_total"), 1.0);
+    assert_eq!(
+        sample(&text, r#"kizen_gateway_rate_limited_total{tier="default"}"#),
+        1.0
+    );
     assert_eq!(
         sample(
             &text,

@@ -16,6 +16,7 @@ mod cors;
 mod http_strictness;
 mod jwks;
 mod logs;
+mod monitoring;
 mod openapi;
 mod presign;
 mod replicas;
