@@ -157,7 +157,8 @@ export declare function parseS3Error(xml: string | null | undefined): { code?: s
 
 export interface EtagRecorder {
   expect(key: string): void
-  etagFor(key: string): string | undefined
+  /** The ETag of the last watched POST of `key`, once it ended; undefined when none was read. */
+  etagFor(key: string): Promise<string | undefined>
   forget(key: string): void
   close(): void
 }

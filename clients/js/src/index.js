@@ -322,20 +322,28 @@ function removeSendHook() {
   }
 }
 
-/** Records the ETag S3 answers for the keys `expect`ed; `close` stops recording. */
+/**
+ * Records the ETag S3 answers for the keys `expect`ed; `close` stops recording. The header is
+ * read as soon as the answer's headers arrive (before `load`, so before the uploader's own
+ * handlers have run); `etagFor(key)` waits for the watched request to end.
+ */
 export function createEtagRecorder() {
   const expected = new Set()
-  const etags = new Map()
+  const seen = new Map()
   const recorder = {
     expect(key) {
       expected.add(key)
     },
+    /** Resolves to the ETag of the last watched POST of `key`, or undefined (none, unreadable). */
     etagFor(key) {
-      return etags.get(key)
+      const entry = seen.get(key)
+      if (!entry) return Promise.resolve(undefined)
+      if (!entry.pending) return Promise.resolve(entry.etag)
+      return new Promise((resolve) => entry.waiters.push(resolve))
     },
     forget(key) {
       expected.delete(key)
-      etags.delete(key)
+      seen.delete(key)
     },
     close() {
       recorders.delete(recorder)
@@ -343,10 +351,19 @@ export function createEtagRecorder() {
     },
     _watch(xhr, key) {
       if (!expected.has(key)) return
-      xhr.addEventListener('load', () => {
-        const etag = xhr.status >= 200 && xhr.status < 300 ? xhr.getResponseHeader('ETag') : null
-        if (etag) etags.set(key, etag)
+      const entry = { etag: undefined, pending: true, waiters: [] }
+      seen.set(key, entry)
+      const settle = () => {
+        if (!entry.pending) return
+        entry.pending = false
+        for (const resolve of entry.waiters.splice(0)) resolve(entry.etag)
+      }
+      xhr.addEventListener('readystatechange', () => {
+        if (xhr.readyState < 2 || !entry.pending) return
+        if (xhr.status >= 200 && xhr.status < 300) entry.etag = xhr.getResponseHeader('ETag') ?? undefined
+        settle()
       })
+      xhr.addEventListener('loadend', settle)
     },
   }
   recorders.add(recorder)
@@ -381,9 +398,9 @@ function createUppyAdapter(uppy, options, { recordEtags }) {
     return presigned
   }
 
-  function etagOf(response, key) {
+  async function etagOf(response, key) {
     const body = response?.body ?? {}
-    return body.ETag ?? body.etag ?? recorder?.etagFor(key)
+    return body.ETag ?? body.etag ?? (await recorder?.etagFor(key))
   }
 
   const onSuccess = (file, response) => {
@@ -391,7 +408,7 @@ function createUppyAdapter(uppy, options, { recordEtags }) {
     if (!presigned) return
     const key = presigned.fields.key
     const confirmation = (async () => {
-      const etag = etagOf(response, key)
+      const etag = await etagOf(response, key)
       if (!etag) {
         throw new KizenUploadError('upload succeeded but its ETag is unreadable: the bucket CORS must expose ETag (ExposeHeaders)', { step: 'upload', code: 'etag_unreadable' })
       }
