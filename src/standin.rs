@@ -487,12 +487,11 @@ const REQUIRED_FIELDS: [&str; 6] = [
 /// What a browser may read of the upload URL's answers (the bucket CORS `ExposeHeaders`).
 const EXPOSED_HEADERS: &str = "ETag, Location, x-amz-request-id";
 
+/// Text content of an XML element (quotes need no escaping there).
 fn xml_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
 }
 
 /// An S3 error answer: `<Error><Code>..</Code><Message>..</Message>..</Error>`.
