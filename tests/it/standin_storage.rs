@@ -137,6 +137,15 @@ fn without(fields: &[(String, String)], name: &str) -> Vec<(String, String)> {
     fields.iter().filter(|(n, _)| n != name).cloned().collect()
 }
 
+/// One refused form: what changed, the form, its status, S3 code and part of its message.
+type Case = (
+    &'static str,
+    Vec<(String, String)>,
+    u16,
+    &'static str,
+    &'static str,
+);
+
 fn header<'r>(response: &'r reqwest::Response, name: &str) -> &'r str {
     response
         .headers()
@@ -274,7 +283,8 @@ async fn forms_outside_the_policy_are_refused_with_s3_errors() {
     };
     let mut extra = fields.clone();
     extra.push(("acl".into(), "public-read".into()));
-    let cases: Vec<(&str, Vec<(String, String)>, u16, &str, &str)> = vec![
+    // (case, form, status, S3 code, part of the message)
+    let cases: Vec<Case> = vec![
         (
             "another key",
             with(&fields, "key", "uploads/elsewhere.txt"),
