@@ -1,9 +1,20 @@
 //! Dev mode: the gateway in front of the local stand-in, with a fresh HS256 key, a token for a
 //! dev user and the three curl steps of an upload. No Kizen account needed; nothing leaves the
 //! machine.
+//!
+//! Beside the Kizen endpoints, the stand-in's listener serves dev-only helpers for browser tests:
+//! `GET /_dev/token?sub=<user>` (a token for any user, signed with the dev key) and the stand-in's
+//! inspection routes ([`Standin::inspection_router`]).
 
-use std::{fmt::Write as _, net::SocketAddr, time::Duration};
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -24,6 +35,9 @@ pub struct DevSetup {
     pub standin: Standin,
     /// The stand-in's listener, already bound; its URL is the gateway's `upstream.base_url`.
     pub standin_listener: TcpListener,
+    /// What to serve on the stand-in's listener: the stand-in, its inspection routes and the
+    /// dev token route.
+    pub standin_router: Router,
     /// What to print: the URLs, the dev token and the three curl steps of an upload.
     pub instructions: String,
 }
@@ -36,8 +50,13 @@ pub const STEPS_BEGIN: &str = "# ---- steps: paste into a shell ----";
 pub const STEPS_END: &str = "# ---- end of steps ----";
 
 /// Binds both listeners and builds the gateway and the stand-in, sharing fresh secrets, and signs
-/// a dev token valid for 12 hours.
-pub async fn setup(gateway_addr: SocketAddr, standin_addr: SocketAddr) -> Result<DevSetup, String> {
+/// a dev token valid for 12 hours. `allowed_origins` are the browser origins the gateway answers
+/// CORS for (a test page's, a local frontend's).
+pub async fn setup(
+    gateway_addr: SocketAddr,
+    standin_addr: SocketAddr,
+    allowed_origins: &[String],
+) -> Result<DevSetup, String> {
     let gateway = TcpListener::bind(gateway_addr)
         .await
         .map_err(|e| format!("cannot bind {gateway_addr}: {e}"))?;
@@ -61,10 +80,14 @@ pub async fn setup(gateway_addr: SocketAddr, standin_addr: SocketAddr) -> Result
     let api_key = format!("dev-api-key-{}", uuid::Uuid::new_v4().simple());
     let business_id = "dev-business".to_owned();
 
+    // JSON strings are TOML basic strings.
+    let origins = serde_json::to_string(allowed_origins).map_err(|e| e.to_string())?;
     let config = Config::from_toml(&format!(
         r#"
         [server]
         listen = "{gateway_addr}"
+        [cors]
+        allowed_origins = {origins}
         [upstream]
         base_url = "{standin_url}"
         api_key = "value:{api_key}"
@@ -84,23 +107,57 @@ pub async fn setup(gateway_addr: SocketAddr, standin_addr: SocketAddr) -> Result
         user_id: Some("dev-kizen-user".into()),
         public_base: standin_url.clone(),
         max_file_size: 10 * 1024 * 1024,
+        upload_ttl: Duration::from_secs(300),
     });
 
-    let now = seconds_since_epoch();
-    let token = encode(
-        &Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({ "sub": DEV_USER, "iat": now, "exp": now + Duration::from_secs(12 * 3600).as_secs() }),
-        &EncodingKey::from_secret(hmac_secret.as_bytes()),
-    )
-    .map_err(|e| format!("cannot sign the dev token: {e}"))?;
+    let signer = DevTokens(Arc::new(EncodingKey::from_secret(hmac_secret.as_bytes())));
+    let token = signer.token(DEV_USER)?;
+    let standin_router = standin.router().merge(standin.inspection_router()).merge(
+        Router::new()
+            .route("/_dev/token", get(dev_token))
+            .with_state(signer),
+    );
 
     Ok(DevSetup {
         app,
         gateway,
         standin,
         standin_listener,
+        standin_router,
         instructions: instructions(&gateway_url, &standin_url, &token),
     })
+}
+
+/// Signs dev tokens with the gateway's throwaway HS256 key.
+#[derive(Clone)]
+struct DevTokens(Arc<EncodingKey>);
+
+impl DevTokens {
+    /// A token for `sub`, valid for 12 hours.
+    fn token(&self, sub: &str) -> Result<String, String> {
+        let now = seconds_since_epoch();
+        encode(
+            &Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({ "sub": sub, "iat": now, "exp": now + Duration::from_secs(12 * 3600).as_secs() }),
+            &self.0,
+        )
+        .map_err(|e| format!("cannot sign the dev token: {e}"))
+    }
+}
+
+/// `GET /_dev/token?sub=<user>`: a dev token for that user, as text.
+async fn dev_token(State(signer): State<DevTokens>, request: Request) -> Response {
+    let sub = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+        .find(|(name, _)| name == "sub")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    if sub.is_empty() {
+        return (StatusCode::BAD_REQUEST, "sub is required").into_response();
+    }
+    match signer.token(&sub) {
+        Ok(token) => token.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
 }
 
 fn instructions(gateway: &str, standin: &str, token: &str) -> String {
@@ -123,6 +180,14 @@ fn instructions(gateway: &str, standin: &str, token: &str) -> String {
     );
     let _ = writeln!(out, " gateway:  {gateway}");
     let _ = writeln!(out, " stand-in: {standin}  (files kept in memory)");
+    let _ = writeln!(
+        out,
+        " dev-only helpers: {standin}/_dev/token?sub=<user> (a token for any user),"
+    );
+    let _ = writeln!(
+        out,
+        "   {standin}/_dev/requests, /_dev/objects?key=<key>, POST /_dev/script"
+    );
     let _ = writeln!(
         out,
         " dev token for user \"{DEV_USER}\", valid 12 hours (needs curl and jq):"

@@ -42,6 +42,9 @@ enum Command {
         /// Address of the stand-in upstream.
         #[arg(long, default_value = "127.0.0.1:8788")]
         standin_listen: SocketAddr,
+        /// A browser origin the gateway answers CORS for, e.g. http://localhost:5173 (repeatable).
+        #[arg(long = "allow-origin")]
+        allow_origins: Vec<String>,
     },
 }
 
@@ -58,7 +61,10 @@ fn main() -> ExitCode {
         Command::Serve => runtime.block_on(serve(cli.config, cli.listen)),
         Command::CheckConfig => check_config(cli.config, cli.listen),
         #[cfg(feature = "dev")]
-        Command::Dev { standin_listen } => runtime.block_on(dev(cli.listen, standin_listen)),
+        Command::Dev {
+            standin_listen,
+            allow_origins,
+        } => runtime.block_on(dev(cli.listen, standin_listen, allow_origins)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,9 +131,13 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
 }
 
 #[cfg(feature = "dev")]
-async fn dev(listen: Option<SocketAddr>, standin_listen: SocketAddr) -> Result<(), String> {
+async fn dev(
+    listen: Option<SocketAddr>,
+    standin_listen: SocketAddr,
+    allow_origins: Vec<String>,
+) -> Result<(), String> {
     let listen = listen.unwrap_or_else(|| "127.0.0.1:8787".parse().expect("valid address"));
-    let setup = dev::setup(listen, standin_listen).await?;
+    let setup = dev::setup(listen, standin_listen, &allow_origins).await?;
     logs::init_tracing(
         &LogConfig {
             level: "info".into(),
@@ -136,7 +146,7 @@ async fn dev(listen: Option<SocketAddr>, standin_listen: SocketAddr) -> Result<(
         std::io::stderr,
     )?;
     tracing::warn!("DEV MODE: upstream is the local stand-in, not Kizen");
-    let standin_router = setup.standin.router();
+    let standin_router = setup.standin_router;
     tokio::spawn(async move {
         let _ = axum::serve(setup.standin_listener, standin_router).await;
     });

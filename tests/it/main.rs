@@ -22,5 +22,6 @@ mod presign;
 mod replicas;
 mod rotation;
 mod secrets;
+mod standin_storage;
 mod store_contract;
 mod upstream_faults;

@@ -152,6 +152,7 @@ impl TestGatewayBuilder {
                     user_id: None,
                     public_base: standin_url.clone(),
                     max_file_size: 1024 * 1024,
+                    upload_ttl: Duration::from_secs(300),
                 });
                 let router = standin.router();
                 tokio::spawn(async move { axum::serve(standin_listener, router).await });
