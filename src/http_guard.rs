@@ -22,7 +22,7 @@ pub async fn strict_http(request: Request, next: Next) -> Response {
     }
 }
 
-fn check(request: &Request) -> Result<(), GatewayError> {
+pub(crate) fn check(request: &Request) -> Result<(), GatewayError> {
     let uri = request.uri();
     if uri.scheme().is_some() || uri.authority().is_some() {
         return Err(GatewayError::AbsoluteFormTarget);

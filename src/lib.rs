@@ -33,6 +33,8 @@ pub mod config;
 pub mod dev;
 pub mod domain;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod http_guard;
 pub mod observability;
 pub mod paths;

@@ -14,14 +14,9 @@ use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting (new connections
-/// are refused) and gives in-flight requests up to `shutdown_grace` to finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    config: &ServerConfig,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+/// The HTTP/1.1 connection settings of every client connection: the head limits and the header
+/// read timeout from `server`, keep-alive on.
+pub fn connection_builder(config: &ServerConfig) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -30,7 +25,18 @@ pub async fn serve(
         .max_buf_size(config.max_header_bytes.max(8192) * 2)
         .max_headers(config.max_headers)
         .keep_alive(true);
+    builder
+}
 
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting (new connections
+/// are refused) and gives in-flight requests up to `shutdown_grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let builder = connection_builder(config);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

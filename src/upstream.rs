@@ -3,7 +3,7 @@
 //! with a size cap, scanned for a leaked API key (also JSON-escaped or percent-encoded), and
 //! reduced to allowlisted headers.
 
-mod echo;
+pub(crate) mod echo;
 
 use std::{sync::Arc, time::Duration};
 
@@ -148,6 +148,16 @@ impl Credentials {
     }
 }
 
+/// The query of a forwarded presign: the validated fields, re-encoded (never the client's raw
+/// query string).
+pub fn presign_query(input: &PresignInput) -> String {
+    form_urlencoded::Serializer::new(String::with_capacity(128))
+        .append_pair("contenttype", &input.contenttype)
+        .append_pair("filename", &input.filename)
+        .append_pair("source", &input.source)
+        .finish()
+}
+
 /// Pooled keep-alive HTTP/1.1 client straight on hyper: no redirect, retry or proxy layers, and
 /// no URL parsing per call (the base is parsed once; each call only appends its path and query).
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -236,11 +246,7 @@ impl UpstreamClient {
         client_headers: &HeaderMap,
         request_id: &str,
     ) -> Result<UpstreamAnswer, UpstreamFailure> {
-        let query = form_urlencoded::Serializer::new(String::with_capacity(128))
-            .append_pair("contenttype", &input.contenttype)
-            .append_pair("filename", &input.filename)
-            .append_pair("source", &input.source)
-            .finish();
+        let query = presign_query(input);
         let span = upstream_span("presign");
         let credentials = self.credentials();
         let headers =

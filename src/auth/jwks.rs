@@ -230,33 +230,7 @@ impl JwksCache {
             }
             body.extend_from_slice(&chunk);
         }
-        let document: JwksDocument =
-            serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
-        let mut keys: Vec<VerificationKey> = Vec::with_capacity(document.keys.len());
-        let mut usable: Vec<serde_json::Value> = Vec::with_capacity(document.keys.len());
-        for raw in document.keys {
-            let kid = raw
-                .get("kid")
-                .and_then(|k| k.as_str())
-                .unwrap_or("")
-                .to_owned();
-            let parsed = serde_json::from_value::<Jwk>(raw.clone())
-                .map_err(|e| e.to_string())
-                .and_then(|jwk| key_from_jwk(&jwk, self.rsa_default, &self.rules));
-            match parsed {
-                Ok(key) => {
-                    keys.push(key);
-                    usable.push(raw);
-                }
-                Err(why) => tracing::warn!(kid = ?kid, reason = %why, "jwks key skipped"),
-            }
-        }
-        if keys.is_empty() {
-            return Err("no usable signature key in the document".into());
-        }
-        // Objects serialize with sorted members: the same keys give the same text.
-        let fingerprint = serde_json::Value::Array(usable).to_string();
-        Ok((KeySet::new(keys), fingerprint))
+        parse_document(&body, self.rsa_default, &self.rules)
     }
 
     /// Refreshes every `interval` until the returned task is aborted.
@@ -272,4 +246,41 @@ impl JwksCache {
             }
         })
     }
+}
+
+/// The usable keys of a JWKS document, and their JWKs as JSON (in document order), which
+/// [`JwksCache`] compares between fetches. Unusable keys are skipped with a warning; a document
+/// without any usable key is refused.
+pub(crate) fn parse_document(
+    body: &[u8],
+    rsa_default: Algorithm,
+    rules: &ClaimRules,
+) -> Result<(KeySet, String), String> {
+    let document: JwksDocument =
+        serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys: Vec<VerificationKey> = Vec::with_capacity(document.keys.len());
+    let mut usable: Vec<serde_json::Value> = Vec::with_capacity(document.keys.len());
+    for raw in document.keys {
+        let kid = raw
+            .get("kid")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let parsed = serde_json::from_value::<Jwk>(raw.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|jwk| key_from_jwk(&jwk, rsa_default, rules));
+        match parsed {
+            Ok(key) => {
+                keys.push(key);
+                usable.push(raw);
+            }
+            Err(why) => tracing::warn!(kid = ?kid, reason = %why, "jwks key skipped"),
+        }
+    }
+    if keys.is_empty() {
+        return Err("no usable signature key in the document".into());
+    }
+    // Objects serialize with sorted members: the same keys give the same text.
+    let fingerprint = serde_json::Value::Array(usable).to_string();
+    Ok((KeySet::new(keys), fingerprint))
 }

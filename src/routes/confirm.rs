@@ -180,7 +180,7 @@ fn with_audit(mut response: Response, audited: AuditEvent) -> Response {
 
 /// The stored object's `size_bytes`, counted toward the daily byte quota (0 when absent; the
 /// store caps it).
-fn reported_size(body: &[u8]) -> u64 {
+pub(crate) fn reported_size(body: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
     struct S3Object {
         size_bytes: Option<u64>,

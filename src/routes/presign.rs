@@ -89,14 +89,14 @@ pub async fn presign(
 }
 
 /// The parts of the upstream's answer the gateway must understand to record the upload.
-struct PresignAnswer {
-    s3object_id: Uuid,
-    key: String,
-    expires_at: OffsetDateTime,
+pub(crate) struct PresignAnswer {
+    pub(crate) s3object_id: Uuid,
+    pub(crate) key: String,
+    pub(crate) expires_at: OffsetDateTime,
 }
 
 impl PresignAnswer {
-    fn parse(body: &[u8]) -> Result<Self, UpstreamFailure> {
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, UpstreamFailure> {
         #[derive(Deserialize)]
         struct Fields {
             key: String,

@@ -12,7 +12,7 @@ const MAX_DECODE_ROUNDS: usize = 3;
 
 /// Whether `haystack` holds one of `secrets`, as is or in an encoded form. Empty secrets never
 /// match.
-pub(super) fn names_any(haystack: &[u8], secrets: &[&[u8]]) -> bool {
+pub(crate) fn names_any(haystack: &[u8], secrets: &[&[u8]]) -> bool {
     let found = |text: &[u8]| secrets.iter().any(|secret| contains(text, secret));
     if found(haystack) {
         return true;

@@ -50,6 +50,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "dev",
         ],
     ),
+    // The fuzz entry points (behind the `fuzzing` feature) drive code of every layer.
+    ("fuzzing", &["fuzzing"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

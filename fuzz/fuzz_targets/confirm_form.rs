@@ -1,0 +1,4 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kizen_gateway::fuzzing::confirm_form(data));
+
