@@ -361,8 +361,11 @@ pub fn upstream_answer(data: &[u8]) {
         }
         1 => {
             let size = reported_size(rest);
-            if size > 0 {
-                let value: Value = serde_json::from_slice(rest).expect("a size comes from JSON");
+            // serde skips the fields it ignores without checking their UTF-8, a `Value` does
+            // not: an answer only a `Value` refuses says nothing about the size.
+            if size > 0
+                && let Ok(value) = serde_json::from_slice::<Value>(rest)
+            {
                 assert_eq!(
                     value.get("size_bytes").and_then(Value::as_u64),
                     Some(size),

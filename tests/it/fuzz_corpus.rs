@@ -36,15 +36,16 @@ fn corpus_files(target: &str) -> Vec<PathBuf> {
     files
 }
 
-/// Runs every corpus file of `target`; the failures, by file.
-fn replay(target: &str) -> Vec<String> {
+/// Runs every corpus file of `target`: how many, and the failures by file.
+fn replay(target: &str) -> (usize, Vec<String>) {
     let entry = TARGETS
         .iter()
         .find(|(name, _)| *name == target)
         .map(|(_, entry)| *entry)
         .expect("a known target");
     let mut failures = Vec::new();
-    for file in corpus_files(target) {
+    let files = corpus_files(target);
+    for file in &files {
         let data = std::fs::read(&file).expect("a readable corpus file");
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| entry(&data))) {
             let why = panic
@@ -55,7 +56,7 @@ fn replay(target: &str) -> Vec<String> {
             failures.push(format!("{}: {why}", file.display()));
         }
     }
-    failures
+    (files.len(), failures)
 }
 
 #[test]
@@ -95,6 +96,13 @@ fn the_corpus_replays_through_the_fuzz_entry_points() {
                 .env(CHILD_ENV, name)
                 .output()
                 .expect("the test binary runs");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            // A filter that matches nothing would pass without replaying anything.
+            if !stdout.contains(&format!("replayed {name}: ")) {
+                failures.push(format!(
+                    "{name}: the child process replayed nothing:\n{stdout}"
+                ));
+            }
             if !output.status.success() {
                 failures.push(format!(
                     "{name} (child process, {}):\n{}{}",
@@ -104,7 +112,7 @@ fn the_corpus_replays_through_the_fuzz_entry_points() {
                 ));
             }
         } else {
-            failures.extend(replay(name));
+            failures.extend(replay(name).1);
         }
     }
     assert!(
@@ -121,6 +129,7 @@ fn isolated_target_replay() {
     let Ok(target) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let failures = replay(&target);
+    let (count, failures) = replay(&target);
+    println!("replayed {target}: {count} files");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
