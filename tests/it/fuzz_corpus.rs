@@ -46,7 +46,7 @@ fn replay(target: &str) -> (usize, Vec<String>) {
     let mut failures = Vec::new();
     let files = corpus_files(target);
     for file in &files {
-        let data = std::fs::read(&file).expect("a readable corpus file");
+        let data = std::fs::read(file).expect("a readable corpus file");
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| entry(&data))) {
             let why = panic
                 .downcast_ref::<String>()
