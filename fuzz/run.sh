@@ -46,11 +46,13 @@ run_one() {
     local target="$1"
     mkdir -p "corpus-grown/$target" "artifacts/$target"
     local dict=()
-    [[ -f "dict/$target.dict" ]] && dict=("-dict=dict/$target.dict")
+    [[ -f "dict/$target.dict" ]] && dict=("-dict=$here/dict/$target.dict")
     # The grown corpus first: libFuzzer writes what it finds to the first directory only.
-    cargo +nightly fuzz run -O "$target" "corpus-grown/$target" "corpus/$target" -- \
+    # Absolute paths (cargo-fuzz sets an absolute -artifact_prefix): config_load changes the
+    # working directory while an input runs.
+    cargo +nightly fuzz run -O "$target" "$here/corpus-grown/$target" "$here/corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -print_final_stats=1 \
-        -artifact_prefix="artifacts/$target/" "${dict[@]}" >"logs/$target.log" 2>&1
+        "${dict[@]}" >"logs/$target.log" 2>&1
 }
 
 parallel="${FUZZ_PARALLEL:-2}"
@@ -84,10 +86,13 @@ failed=0
 printf '\n%-16s %8s %12s %8s %8s %8s\n' target seconds executions exec/s corpus crashes
 for target in "${targets[@]}"; do
     log="logs/$target.log"
-    execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}')
-    rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | tail -1 | awk '{print $2}')
-    # The corpus libFuzzer ended with (seeds and grown inputs, as it counts them).
-    corpus=$(grep -o 'DONE .*corp: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)
+    execs=- rate=- corpus=-
+    if [[ -f "$log" ]]; then
+        execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | awk '{print $2}' || true)
+        rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | tail -1 | awk '{print $2}' || true)
+        # The corpus libFuzzer ended with (seeds and grown inputs, as it counts them).
+        corpus=$(grep -o 'DONE .*corp: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)
+    fi
     crashes=$(find "artifacts/$target" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l)
     printf '%-16s %8s %12s %8s %8s %8s\n' "$target" "$seconds" "${execs:--}" "${rate:--}" "${corpus:--}" "$crashes"
     if [[ "${status[$target]}" != 0 || "$crashes" != 0 ]]; then

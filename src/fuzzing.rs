@@ -361,11 +361,10 @@ pub fn upstream_answer(data: &[u8]) {
         }
         1 => {
             let size = reported_size(rest);
-            // serde skips the fields it ignores without checking their UTF-8, a `Value` does
-            // not: an answer only a `Value` refuses says nothing about the size.
-            if size > 0
-                && let Ok(value) = serde_json::from_slice::<Value>(rest)
-            {
+            if size > 0 {
+                let value: Value =
+                    serde_json::from_slice(rest).expect("a size comes from a JSON document");
+                assert!(value.is_object(), "a size read from a non-object");
                 assert_eq!(
                     value.get("size_bytes").and_then(Value::as_u64),
                     Some(size),

@@ -181,13 +181,11 @@ fn with_audit(mut response: Response, audited: AuditEvent) -> Response {
 /// The stored object's `size_bytes`, counted toward the daily byte quota (0 when absent; the
 /// store caps it).
 pub(crate) fn reported_size(body: &[u8]) -> u64 {
-    #[derive(serde::Deserialize)]
-    struct S3Object {
-        size_bytes: Option<u64>,
-    }
-    serde_json::from_slice::<S3Object>(body)
+    // An object's `size_bytes` only: a derived struct would also be read from a JSON array, so
+    // that `[12345]` counted 12345 bytes against the daily quota (found by the fuzzer).
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
         .ok()
-        .and_then(|o| o.size_bytes)
+        .and_then(|object| object.get("size_bytes")?.as_u64())
         .unwrap_or(0)
 }
 
@@ -205,4 +203,18 @@ fn replay(stored: StoredResponse) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response.extensions_mut().insert(Outcome("replayed"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reported_size;
+
+    #[test]
+    fn the_size_is_read_from_an_object_only() {
+        assert_eq!(reported_size(br#"{"id":"x","size_bytes":1234}"#), 1234);
+        assert_eq!(reported_size(b"[1234]"), 0);
+        assert_eq!(reported_size(br#"[null, 1234]"#), 0);
+        assert_eq!(reported_size(br#"{"size_bytes":-1}"#), 0);
+        assert_eq!(reported_size(b"not json"), 0);
+    }
 }

@@ -701,3 +701,24 @@ fn command_line_overrides_are_validated_with_the_rest() {
         .expect("the binary runs");
     assert_refused(&output, "admin.listen", &[]);
 }
+
+/// figment's unescaping panics (or drops characters) on a quoted environment value with a
+/// non-ASCII character before an escape; the gateway refuses such a value by name instead (found
+/// by the `config_load` fuzz target; fuzz/corpus/config_load/regression-figment-env-escape-*).
+#[test]
+fn a_non_ascii_quoted_environment_value_with_an_escape_is_refused_by_name() {
+    let file = TempConfig::new(&minimal_toml());
+    for value in [
+        "\"\u{e9}\\n\"",
+        "[\"r\u{e9}\\yk\"]",
+        "\"\u{e9}\u{e9}\\t-secret\"",
+    ] {
+        let output = check_config(file.path(), &[("KIZEN_GATEWAY_SERVER__LISTEN", value)]);
+        let line = assert_refused(&output, "KIZEN_GATEWAY_SERVER__LISTEN", &[value]);
+        assert!(line.contains("backslash escape must be ASCII"), "{line}");
+        assert!(!text(&output.stderr).contains("panicked"), "{line}");
+    }
+    // The same text with ASCII only reaches figment and its own error.
+    let output = check_config(file.path(), &[("KIZEN_GATEWAY_SERVER__LISTEN", "\"e\\n\"")]);
+    assert_refused(&output, "server.listen", &[]);
+}
