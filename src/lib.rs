@@ -23,6 +23,8 @@
 //!    loop), [`run`] (listeners, background tasks, shutdown).
 //! 5. Dev mode ([`dev`], with the local stand-in of the Kizen API, [`standin`]), behind the
 //!    `dev` feature, on by default.
+//! 6. `fuzzing`: the entry points of the fuzz targets (`fuzz/`) and of the corpus replay test,
+//!    above every layer, behind the `fuzzing` feature (never in a production build).
 #![forbid(unsafe_code)]
 
 pub mod admin;
