@@ -12,7 +12,7 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 
-use crate::config::ServerConfig;
+use crate::{config::ServerConfig, http_guard};
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting (new connections
 /// are refused) and gives in-flight requests up to `shutdown_grace` to finish.
@@ -26,9 +26,9 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_header_size(config.max_header_bytes)
-        .max_buf_size(config.max_header_bytes.max(8192) * 2)
-        .max_headers(config.max_headers)
+        .max_header_size(http_guard::hyper_max_header_bytes(config))
+        .max_buf_size(http_guard::hyper_max_header_bytes(config).max(8192) * 2)
+        .max_headers(http_guard::hyper_max_headers(config))
         .keep_alive(true);
 
     let graceful = GracefulShutdown::new();
