@@ -1,5 +1,5 @@
-"""Plots bench/soak.sh's samples: RSS, open descriptors, tokio tasks and p99 over time, one line
-per mode, the end of the warm-up marked.
+"""Plots bench/soak.sh's samples: RSS, open descriptors, tokio tasks, p99, CPU per request and
+the memory store's entries over time, one line per mode, the end of the warm-up marked.
 
 usage: soak_plot.py --warmup SECONDS --out FILE.png MODE=FILE.csv...
 """
@@ -28,9 +28,11 @@ def main():
         ("gateway RSS (MiB)", "rss_kib", 1 / 1024),
         ("open file descriptors", "fds", 1.0),
         ("tokio tasks alive", "tasks", 1.0),
-        ("p99 latency of the 10 s interval (ms)", "p99_ms", 1.0),
+        ("p99 latency of each sampling interval (ms)", "p99_ms", 1.0),
+        ("gateway CPU per request (us)", "cpu_us_per_request", 1.0),
+        ("uploads in the memory store (Redis mode: none)", "store_entries", 1.0),
     ]
-    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 10), sharex=True)
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 14), sharex=True)
     for series in args.series:
         mode, path = series.split("=", 1)
         with open(path, newline="") as f:

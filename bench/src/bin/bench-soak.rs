@@ -24,8 +24,10 @@
 //! Every `--interval` seconds it appends a row to `--csv`: the interval's requests, answers that
 //! were not the expected one, latency percentiles of the interval, and the gateway's RSS, open
 //! file descriptors and threads (from `/proc/--pid`), its `runtime_alive_tasks` and
-//! `store_entries` metrics (from `--admin`), the RSS of `--redis-pid` when given, and the load
-//! average. At the end it writes `--summary`: one line per (route, status, outcome) with the
+//! `store_entries` metrics (from `--admin`), the RSS of `--redis-pid` when given, the load
+//! average, the gateway's CPU time per request (`--clock-ticks`: `getconf CLK_TCK`), and how many
+//! of its descriptors are connections to `--upstream-port` (its pool: they come and go with the
+//! load, bounded by the requests in flight). At the end it writes `--summary`: one line per (route, status, outcome) with the
 //! count it expected and the count it got, then `unexpected N`.
 
 use std::{
@@ -59,7 +61,7 @@ const PROGRAM: &str = "bench-soak";
 const USAGE: &str = "--url http://HOST:PORT --admin http://HOST:PORT --pid PID --tokens FILE \
                      --users N --csv FILE --summary FILE [--seconds 600] [--rate 200] \
                      [--interval 10] [--late SECONDS] [--connections 8] [--bad-every 20] \
-                     [--redis-pid PID]";
+                     [--redis-pid PID] [--clock-ticks 100] [--upstream-port PORT]";
 const PRESIGN_QUERY: &str =
     "/api/s3/presigned-post?contenttype=image/png&filename=a.png&source=field_value";
 /// Unexpected answers printed to stderr, at most: the summary counts them all.
@@ -499,8 +501,43 @@ fn proc_status(pid: &str, field: &str) -> Option<u64> {
         .ok()
 }
 
-fn open_fds(pid: &str) -> Option<usize> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+/// The process's open descriptors, and how many of them are TCP connections to `upstream_port`.
+fn open_fds(pid: &str, upstream_port: Option<u16>) -> Option<(usize, Option<usize>)> {
+    let mut sockets = std::collections::HashSet::new();
+    let mut count = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        count += 1;
+        if let Ok(target) = std::fs::read_link(entry.path())
+            && let Some(inode) = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+        {
+            sockets.insert(inode.to_owned());
+        }
+    }
+    let upstream = upstream_port.map(|port| {
+        ["tcp", "tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+            .map(|text| {
+                text.lines()
+                    .skip(1)
+                    .filter(|line| {
+                        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        let remote_port = fields
+                            .get(2)
+                            .and_then(|rem| rem.rsplit(':').next())
+                            .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+                        remote_port == Some(port)
+                            && fields.get(9).is_some_and(|inode| sockets.contains(*inode))
+                    })
+                    .count()
+            })
+            .sum::<usize>()
+    });
+    Some((count, upstream))
 }
 
 /// Metrics' values from the admin listener's `/metrics`.
@@ -540,10 +577,29 @@ fn cell<T: std::fmt::Display>(value: Option<T>) -> String {
 }
 
 const CSV_HEADER: &str = "elapsed_s,requests,unexpected,p50_ms,p99_ms,max_ms,rss_kib,fds,threads,\
-                          tasks,store_entries,redis_rss_kib,load1";
+                          tasks,store_entries,redis_rss_kib,load1,cpu_us_per_request,upstream_fds";
+
+/// A process's CPU time so far, user and system, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces, so from the last ')'): state is field 3,
+    // utime and stime are fields 14 and 15.
+    let mut fields = stat
+        .get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .skip(11);
+    Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
+}
 
 /// Every `interval`, one CSV row: the interval's answers and latencies, the gateway's resources.
-async fn sample(shared: &Shared, options: &Options, csv: &mut std::fs::File, started: Instant) {
+/// `ticks` holds the gateway's CPU ticks at the previous sample.
+async fn sample(
+    shared: &Shared,
+    options: &Options,
+    csv: &mut std::fs::File,
+    started: Instant,
+    ticks: &mut Option<u64>,
+) {
     let pid = options.required("pid");
     let admin = options.required("admin").trim_end_matches('/');
     let (requests, unexpected, mut latencies) = {
@@ -566,6 +622,23 @@ async fn sample(shared: &Shared, options: &Options, csv: &mut std::fs::File, sta
     let load1 = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned));
+    // CPU per request: unlike latency on a shared machine, it hardly depends on what else runs.
+    let now_ticks = cpu_ticks(pid);
+    let hz: f64 = options.parsed("clock-ticks", 100.0);
+    let cpu_per_request = match (*ticks, now_ticks) {
+        (Some(before), Some(after)) if requests > 0 => Some(format!(
+            "{:.1}",
+            after.saturating_sub(before) as f64 * 1e6 / hz / requests as f64
+        )),
+        _ => None,
+    };
+    *ticks = now_ticks;
+    let fds = open_fds(
+        pid,
+        options
+            .get("upstream-port")
+            .map(|_| options.parsed("upstream-port", 0)),
+    );
     let row = [
         format!("{:.1}", started.elapsed().as_secs_f64()),
         requests.to_string(),
@@ -574,7 +647,7 @@ async fn sample(shared: &Shared, options: &Options, csv: &mut std::fs::File, sta
         format!("{:.3}", percentile(&latencies, 0.99)),
         format!("{:.3}", percentile(&latencies, 1.0)),
         cell(proc_status(pid, "VmRSS:")),
-        cell(open_fds(pid)),
+        cell(fds.map(|(all, _)| all)),
         cell(proc_status(pid, "Threads:")),
         cell(metrics[0]),
         cell(metrics[1]),
@@ -584,6 +657,8 @@ async fn sample(shared: &Shared, options: &Options, csv: &mut std::fs::File, sta
                 .and_then(|p| proc_status(p, "VmRSS:")),
         ),
         load1.unwrap_or_default(),
+        cell(cpu_per_request),
+        cell(fds.and_then(|(_, upstream)| upstream)),
     ];
     writeln!(csv, "{}", row.join(","))
         .unwrap_or_else(|e| fail(PROGRAM, &format!("cannot write the CSV: {e}")));
@@ -618,6 +693,8 @@ async fn main() {
             "connections",
             "bad-every",
             "redis-pid",
+            "clock-ticks",
+            "upstream-port",
         ],
     );
     let authority = options
@@ -676,6 +753,7 @@ async fn main() {
     // A late tick is sent at once and keeps its due time: the delay counts as latency.
     slots.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut samples = tokio::time::interval_at(started + interval, interval);
+    let mut ticks = cpu_ticks(options.required("pid"));
     let (mut slot, mut presigns, mut bad) = (0u64, 0u64, 0usize);
     loop {
         tokio::select! {
@@ -698,7 +776,7 @@ async fn main() {
                     fail(PROGRAM, "every connection task ended");
                 }
             }
-            _ = samples.tick() => sample(&shared, &options, &mut csv, started).await,
+            _ = samples.tick() => sample(&shared, &options, &mut csv, started, &mut ticks).await,
         }
     }
     drop(queue);
