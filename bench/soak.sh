@@ -363,17 +363,30 @@ check_flat() {
   log "$mode: flat after warm-up: RSS, descriptors and tasks within tolerance, no drift"
 }
 
-# A row per mode for the report: duration, requests, RSS/fds/tasks/p99 first and last after warm-up.
+# A row per mode for the report: traffic, answers, and after warm-up RSS, descriptors and tasks
+# (without the upstream pool's connections; the pool's largest size apart) and p99, first sample
+# -> last, and p99's medians of the first and last third.
 report() {
   local mode=$1 totals
-  totals=$(grep -o 'requests=[0-9]* .*seconds=[0-9.]*' "$SOAK_DIR/soak-$mode.out")
+  totals=$(grep -o 'requests=[0-9]* unexpected=[0-9]* seconds=[0-9.]*' "$SOAK_DIR/soak-$mode.out")
   awk -F, -v warm="$SOAK_WARMUP" -v mode="$mode" -v totals="$totals" '
+    function median(a, n,   i, j, t) {
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
     NR == 1 { next }
-    $1 + 0 > warm + 0 { if (!seen++) { r0 = $7; f0 = $8; t0 = $10; p0 = $5 } r1 = $7; f1 = $8; t1 = $10; p1 = $5 }
+    $1 + 0 > warm + 0 {
+      n++; r[n] = $7; f[n] = $8 - $15; k[n] = $10 - $15; p[n] = $5
+      if ($15 + 0 > pool) pool = $15 + 0
+      load += $13
+    }
     END {
       split(totals, t, /[= ]/)
-      printf "| %-6s | %5.0f s | %8d | %6.1f -> %6.1f MiB | %3s -> %3s | %4s -> %4s | %6.2f -> %6.2f ms |\n",
-        mode, t[6], t[2], r0 / 1024, r1 / 1024, f0, f1, t0, t1, p0, p1
+      third = int(n / 3)
+      for (i = 1; i <= third; i++) { a[i] = p[i]; b[i] = p[n - third + i] }
+      printf "| %-6s | %5.0f s | %7d | %4d | %5.1f -> %5.1f MiB | %2d -> %2d (pool <= %d) | %2d -> %2d | %6.2f -> %6.2f ms (%.2f -> %.2f) | %4.1f |\n",
+        mode, t[6], t[2], t[4], r[1] / 1024, r[n] / 1024, f[1], f[n], pool, k[1], k[n], p[1], p[n],
+        median(a, third), median(b, third), n ? load / n : 0
     }' "$SOAK_DIR/soak-$mode.csv"
 }
 
@@ -401,9 +414,10 @@ if [[ $PLOT == 1 ]]; then plot; fi
 
 echo
 echo "kizen-gateway soak: $RATE req/s, window ${WINDOW}s, sweep $SWEEP, warm-up ${SOAK_WARMUP}s, $(nproc) cores, loadavg now $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
-echo "after warm-up, first sample -> last:"
-echo "| mode   | traffic | requests | gateway RSS            | fds        | tokio tasks  | p99 of a ${INTERVAL} s interval |"
-echo "|--------|--------:|---------:|-----------------------:|-----------:|-------------:|--------------------:|"
+echo "after warm-up (${SOAK_WARMUP} s), first sample -> last; fds and tasks without the upstream pool's connections;"
+echo "p99 of a ${INTERVAL} s interval, in brackets the medians of the first and the last third; load: mean 1-min load average"
+echo "| mode   | traffic | requests | unexpected | gateway RSS | open fds | tokio tasks | p99 | load |"
+echo "|--------|--------:|--------:|-----:|------------:|---------:|-----:|----:|----:|"
 for mode in "${MODES[@]}"; do report "$mode"; done
 echo
 echo "run folder: $SOAK_DIR (CSVs, answer summaries, gateway logs' ends); $((SECONDS - STARTED_AT)) s"
