@@ -24,8 +24,8 @@
 #   SOAK_SECONDS=600   traffic per mode (SMOKE: 20)
 #   SOAK_WARMUP=120    seconds before the flatness baseline: the memory store fills to
 #                      STORE_MAX_UPLOADS and the token cache to TOKEN_CACHE, open uploads level off
-#   RATE=200           requests per second (open loop; about 10 % of what this gateway serves on 2
-#                      cores, so latency is service time, not queueing)
+#   RATE=200           requests per second (open loop, well below saturation on 2 cores, so that
+#                      latency is service time, not queueing)
 #   INTERVAL=10        sampling period, seconds
 #   WINDOW=20          confirm.max_window in seconds: uploads expire all the time (SMOKE: 6;
 #                      at least 5: confirmations come up to 3 s after their presign);
@@ -64,8 +64,6 @@ SOAK_VENV=${SOAK_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/kizen-gateway-soak/venv}
 MATPLOTLIB=matplotlib==3.10.8
 API_KEY=soak-api-key BUSINESS_ID=soak-business-id AUDIENCE=kizen-soak
 
-((WINDOW >= 5)) || die "WINDOW=$WINDOW: at least 5 (confirmations come up to 3 s after their presign)"
-
 MODES=("$@")
 ((${#MODES[@]})) || MODES=(memory redis)
 
@@ -78,6 +76,7 @@ die() {
 for mode in "${MODES[@]}"; do
   [[ $mode == memory || $mode == redis ]] || die "usage: bench/soak.sh [memory] [redis]"
 done
+((WINDOW >= 5)) || die "WINDOW=$WINDOW: at least 5 (confirmations come up to 3 s after their presign)"
 
 # ---------------------------------------------------------------------------------------------
 # tools and build
