@@ -100,6 +100,9 @@ pub struct Metrics {
     pub uploads_expired: Counter,
     /// `kizen_gateway_store_entries`: uploads held by the memory store, set on each scrape.
     pub store_entries: Gauge,
+    /// `kizen_gateway_runtime_alive_tasks`: tokio tasks alive in the gateway's runtime, set on
+    /// each scrape (a task leak shows here first, long before memory does).
+    pub runtime_alive_tasks: Gauge,
     /// `kizen_gateway_store_errors_total`: requests refused because the store failed or was full.
     pub store_errors: Counter,
     /// `kizen_gateway_jwks_refreshes_total`: JWKS fetches, by result.
@@ -144,6 +147,7 @@ impl Metrics {
             uploads_rejected: Family::default(),
             uploads_expired: Counter::default(),
             store_entries: Gauge::default(),
+            runtime_alive_tasks: Gauge::default(),
             store_errors: Counter::default(),
             jwks_refreshes: Family::default(),
             reloads: Family::default(),
@@ -209,6 +213,11 @@ impl Metrics {
             "store_entries",
             "Uploads held by the memory store",
             metrics.store_entries.clone(),
+        );
+        registry.register(
+            "runtime_alive_tasks",
+            "Tokio tasks alive in the gateway's runtime (set when scraped)",
+            metrics.runtime_alive_tasks.clone(),
         );
         registry.register(
             "store_errors",
