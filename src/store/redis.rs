@@ -42,6 +42,124 @@ pub enum RedisConnection {
     Single(redis::aio::ConnectionManager),
     /// A Redis Cluster, found from its seed nodes.
     Cluster(redis::cluster_async::ClusterConnection),
+    /// The master that Redis Sentinel names, found again after a failover.
+    Sentinel(SentinelConnection),
+}
+
+/// A connection to whichever node the sentinels name master. `ConnectionManager` reconnects to a
+/// fixed address, which after a failover is a dead or demoted node; this asks the sentinels
+/// again whenever the connection breaks, times out or lands on a read-only replica. The failing
+/// request itself is not retried (its caller answers 503 at once); the next one reconnects.
+#[derive(Clone)]
+pub struct SentinelConnection(Arc<SentinelShared>);
+
+struct SentinelShared {
+    /// Held while asking the sentinels, so that a failover makes one lookup, not one per request.
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    /// The master's connection, numbered so that a late failure of an old one cannot drop its
+    /// successor.
+    current: std::sync::Mutex<Option<(u64, redis::aio::MultiplexedConnection)>>,
+    generation: std::sync::atomic::AtomicU64,
+    config: redis::AsyncConnectionConfig,
+    response_timeout: Duration,
+}
+
+impl SentinelConnection {
+    fn current(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(u64, redis::aio::MultiplexedConnection)>> {
+        self.0
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn master(&self) -> redis::RedisResult<(u64, redis::aio::MultiplexedConnection)> {
+        if let Some(current) = self.current().clone() {
+            return Ok(current);
+        }
+        let mut client = self.0.client.lock().await;
+        // Another request may have reconnected while this one waited for the lock.
+        if let Some(current) = self.current().clone() {
+            return Ok(current);
+        }
+        let connection = client
+            .get_async_connection_with_config(&self.0.config)
+            .await?;
+        let generation = self
+            .0
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.current() = Some((generation, connection.clone()));
+        tracing::info!("redis sentinel: connected to the master");
+        Ok((generation, connection))
+    }
+
+    /// Drops the connection of `generation` if `error` says the master is gone or demoted.
+    fn check<T>(&self, generation: u64, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(error) = &result {
+            let broken = error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_connection_refusal()
+                || error.is_timeout()
+                || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+            let mut current = self.current();
+            if broken && current.as_ref().is_some_and(|(g, _)| *g == generation) {
+                tracing::warn!(%error, "redis sentinel: the master's connection failed; asking the sentinels again");
+                *current = None;
+            }
+        }
+        result
+    }
+
+    async fn timed<T>(
+        &self,
+        generation: u64,
+        operation: impl Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        let result = match tokio::time::timeout(self.0.response_timeout, operation).await {
+            Ok(result) => result,
+            // A frozen or partitioned master keeps its socket open: only a timeout tells.
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the master did not answer in time",
+            ))),
+        };
+        self.check(generation, result)
+    }
+}
+
+impl ConnectionLike for SentinelConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let (generation, mut connection) = self.master().await?;
+            self.timed(generation, connection.req_packed_command(cmd))
+                .await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let (generation, mut connection) = self.master().await?;
+            self.timed(
+                generation,
+                connection.req_packed_commands(cmd, offset, count),
+            )
+            .await
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
 }
 
 impl ConnectionLike for RedisConnection {
@@ -52,6 +170,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -64,6 +183,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(c) => c.req_packed_commands(cmd, offset, count),
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -71,6 +191,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -88,6 +209,21 @@ pub struct RedisSettings {
     pub prefix: String,
     /// Bound on every operation, connecting included.
     pub operation_timeout: Duration,
+    /// Replicas that must acknowledge each record, claim and settle (`WAIT`); 0: none.
+    pub wait_for_replicas: u32,
+    /// Find the master through Redis Sentinel instead of `urls`.
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// How to reach the sentinels, and which master to ask them for.
+#[derive(Debug, Clone)]
+pub struct SentinelSettings {
+    /// The name the sentinels monitor the master under.
+    pub master_name: String,
+    /// The sentinels' `redis://` or `rediss://` URLs; `rediss://` means TLS to the data nodes too.
+    pub urls: Vec<String>,
+    /// The sentinels' own password; the data nodes' is [`RedisSettings::password`].
+    pub password: Option<secrecy::SecretString>,
 }
 
 /// Names the keys of one user, all inside the user's hash tag.
@@ -134,6 +270,8 @@ pub struct RedisStore {
     connection: RedisConnection,
     keys: KeyBuilder,
     timeout: Duration,
+    /// Replicas that must acknowledge each record, claim and settle (`WAIT`); 0: none.
+    wait_for_replicas: u32,
     limits: StoreLimits,
     scripts: Scripts,
 }
@@ -152,6 +290,7 @@ struct Scripts {
     claim: ScriptCache<ClaimScriptRules>,
     release: Script,
     consume: Script,
+    unclaim: Script,
     usage: Script,
 }
 
@@ -421,6 +560,14 @@ return 0
 "#;
 const SETTLED_DONE: i64 = 0;
 
+/// KEYS: upload. ARGV: 'c' .. lease. Takes back a claim that no replica acknowledged, before
+/// anything was forwarded: the upload is issued again, no attempt counted.
+const UNCLAIM: &str = r#"
+if redis.call('GETRANGE', KEYS[1], 0, 36) ~= ARGV[1] then return 1 end
+redis.call('SETRANGE', KEYS[1], 0, 'i')
+return 0
+"#;
+
 const USAGE: &str = r#"
 -- KEYS: open, day. ARGV: now_ms
 local open = redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
@@ -554,6 +701,21 @@ impl<'a> StoredUpload<'a> {
     }
 }
 
+/// The cluster slot of `key`, as Redis computes it: CRC16 of its hash tag (or of the whole key
+/// when it has none), modulo 16384.
+fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+        })
+        .unwrap_or(bytes);
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
+}
+
 fn settled(answer: i64) -> Settled {
     if answer == SETTLED_DONE {
         Settled::Done
@@ -575,6 +737,7 @@ impl RedisStore {
                 prefix: settings.prefix.as_str().into(),
             },
             timeout: settings.operation_timeout,
+            wait_for_replicas: settings.wait_for_replicas,
             limits,
             scripts: Scripts {
                 admit: ScriptCache::new(),
@@ -582,6 +745,7 @@ impl RedisStore {
                 claim: ScriptCache::new(),
                 release: Script::new(&with_layout(RELEASE)),
                 consume: Script::new(&with_layout(CONSUME)),
+                unclaim: Script::new(UNCLAIM),
                 usage: Script::new(USAGE),
             },
         };
@@ -596,7 +760,9 @@ impl RedisStore {
         use redis::IntoConnectionInfo;
         use secrecy::ExposeSecret;
         let describe = |e: redis::RedisError| format!("store.redis: {e}");
-        if settings.cluster {
+        if let Some(sentinel) = &settings.sentinel {
+            Self::open_sentinel(settings, sentinel).await
+        } else if settings.cluster {
             let mut builder = redis::cluster::ClusterClient::builder(settings.urls.clone())
                 .connection_timeout(settings.operation_timeout)
                 .response_timeout(settings.operation_timeout)
@@ -631,6 +797,62 @@ impl RedisStore {
         }
     }
 
+    async fn open_sentinel(
+        settings: &RedisSettings,
+        sentinel: &SentinelSettings,
+    ) -> Result<RedisConnection, String> {
+        use redis::IntoConnectionInfo;
+        use secrecy::ExposeSecret;
+        let describe = |e: redis::RedisError| format!("store.redis.sentinel: {e}");
+        let sentinels = sentinel
+            .urls
+            .iter()
+            .map(|url| {
+                let info = url.as_str().into_connection_info().map_err(describe)?;
+                Ok(match &sentinel.password {
+                    Some(password) => {
+                        let redis = info
+                            .redis_settings()
+                            .clone()
+                            .set_password(password.expose_secret());
+                        info.set_redis_settings(redis)
+                    }
+                    None => info,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut node = redis::RedisConnectionInfo::default();
+        if let Some(password) = &settings.password {
+            node = node.set_password(password.expose_secret());
+        }
+        let mut master =
+            redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
+        if sentinel.urls.iter().any(|url| url.starts_with("rediss://")) {
+            master = master.set_tls_mode(redis::TlsMode::Secure);
+        }
+        let client = redis::sentinel::SentinelClient::build(
+            sentinels,
+            sentinel.master_name.as_str(),
+            Some(master),
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(describe)?;
+        // Below the operation timeout, so that the connection learns of a silent master before
+        // the request's own deadline ends it.
+        let response_timeout = settings.operation_timeout * 9 / 10;
+        let connection = SentinelConnection(Arc::new(SentinelShared {
+            client: tokio::sync::Mutex::new(client),
+            current: std::sync::Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            config: redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(settings.operation_timeout))
+                .set_response_timeout(Some(response_timeout)),
+            response_timeout,
+        }));
+        connection.master().await.map_err(describe)?;
+        Ok(RedisConnection::Sentinel(connection))
+    }
+
     /// The connection shared by the store and the distributed rate limiter.
     pub fn connection(&self) -> RedisConnection {
         self.connection.clone()
@@ -660,6 +882,41 @@ impl RedisStore {
                 Err(StoreError::Unavailable)
             }
         }
+    }
+
+    /// Waits until `store.redis.wait_for_replicas` replicas of the node holding `key` have this
+    /// connection's writes so far (`WAIT`, for at most half the operation timeout). Redis
+    /// replicates asynchronously: without this, a write the master acknowledged can vanish in
+    /// a failover that promotes a replica which never received it.
+    async fn replicated(&self, key: &str) -> Result<(), StoreError> {
+        if self.wait_for_replicas == 0 {
+            return Ok(());
+        }
+        let wait_ms = (self.timeout / 2).as_millis().max(1) as u64;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.wait_for_replicas).arg(wait_ms);
+        let mut connection = self.connection.clone();
+        let acked: i64 = match &mut connection {
+            // Unrouted, a cluster sends WAIT to every master; it must reach the key's own.
+            RedisConnection::Cluster(cluster) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(slot_of(key), SlotAddr::Master),
+                ));
+                let value = self.run(cluster.route_command(wait, routing)).await?;
+                redis::from_redis_value(value).map_err(|_| StoreError::Unavailable)?
+            }
+            other => self.run(wait.query_async(other)).await?,
+        };
+        if acked < i64::from(self.wait_for_replicas) {
+            tracing::warn!(
+                acked,
+                wanted = self.wait_for_replicas,
+                "redis: too few replicas acknowledged a write"
+            );
+            return Err(StoreError::Unavailable);
+        }
+        Ok(())
     }
 
     /// One round trip, for readiness.
@@ -748,7 +1005,7 @@ impl UploadStore for RedisStore {
             .arg(encode_upload(upload, forget));
         let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
         match answer {
-            0 => Ok(()),
+            0 => self.replicated(&keys.key("open")).await,
             RECORD_DUPLICATE => Err(StoreError::Duplicate),
             RECORD_CAP => Err(StoreError::UserCapReached {
                 limit: max_outstanding,
@@ -823,6 +1080,15 @@ impl UploadStore for RedisStore {
             CLAIM_CLAIMED => {
                 let upload = stored()?;
                 let (key, source, _) = upload.key_and_source()?;
+                let claimed = keys.key(format_args!("up:{id}"));
+                if let Err(error) = self.replicated(&claimed).await {
+                    // Nothing was forwarded: give the upload back rather than leave a claim that
+                    // only its own settle could end.
+                    let mut unclaim = self.scripts.unclaim.prepare_invoke();
+                    unclaim.key(&claimed).arg(format!("c{}", lease.0));
+                    let _: Result<i64, _> = self.run(unclaim.invoke_async(&mut connection)).await;
+                    return Err(error);
+                }
                 ClaimOutcome::Claimed {
                     lease,
                     upload: IssuedUpload {
@@ -858,6 +1124,10 @@ impl UploadStore for RedisStore {
             .arg(rules.max_attempts)
             .arg(format!("{retry_at:0width$}", width = layout::INSTANT_LEN));
         let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
+        if answer == SETTLED_DONE {
+            // Not on a replica yet: the settler retries, and the settle is idempotent.
+            self.replicated(&keys.key("open")).await?;
+        }
         Ok(settled(answer))
     }
 
@@ -885,6 +1155,10 @@ impl UploadStore for RedisStore {
             .arg(kept)
             .arg(size_bytes.min(MAX_COUNTED_BYTES));
         let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
+        if answer == SETTLED_DONE {
+            // Not on a replica yet: the settler retries, and the settle is idempotent.
+            self.replicated(&keys.key("open")).await?;
+        }
         Ok(settled(answer))
     }
 
@@ -913,6 +1187,16 @@ mod tests {
         assert_eq!(keys.user_key("a}:{b", "open"), "p:{u617d3a7b62}:open");
         assert_eq!(keys.user_key("", "rate"), "p:{u}:rate");
         assert_eq!(keys.user_key("ü", "x"), "p:{uc3bc}:x");
+    }
+
+    #[test]
+    fn slots_are_the_ones_redis_computes() {
+        // The examples of Redis's `CLUSTER KEYSLOT` documentation.
+        assert_eq!(slot_of("somekey"), 11058);
+        assert_eq!(slot_of("foo{hash_tag}"), 2515);
+        assert_eq!(slot_of("p:{hash_tag}:open"), 2515);
+        // An empty tag hashes the whole key.
+        assert_ne!(slot_of("{}hash_tag"), slot_of("hash_tag"));
     }
 
     #[test]

@@ -804,6 +804,8 @@ async fn connect(urls: Vec<String>, cluster: bool, limits: StoreLimits) -> Arc<d
         password: None,
         prefix: format!("contract-{}", Uuid::new_v4()),
         operation_timeout: Duration::from_secs(2),
+        wait_for_replicas: 0,
+        sentinel: None,
     };
     Arc::new(
         RedisStore::connect(&settings, limits)
