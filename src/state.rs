@@ -97,6 +97,7 @@ impl App {
                         prefix: redis.prefix.clone(),
                         operation_timeout: redis.operation_timeout,
                         wait_for_replicas: redis.wait_for_replicas,
+                        sweep_grace: 2 * config.store.sweep_interval,
                         sentinel: match &redis.sentinel {
                             Some(sentinel) => Some(SentinelSettings {
                                 master_name: sentinel.master_name.clone(),

@@ -393,7 +393,8 @@ pub struct StoreConfig {
     /// Memory store only: entries one user may hold, all states together (default 1000); must
     /// exceed every tier's `max_outstanding`.
     pub max_uploads_per_user: usize,
-    /// Memory store only: how often expired entries are swept (default 1m).
+    /// How often entries past their memory are swept and those never confirmed reported
+    /// (default 1m); with Redis, upload keys outlive their memory by twice this.
     #[serde(deserialize_with = "positive_duration")]
     pub sweep_interval: Duration,
     /// `[store.redis]`: the Redis server or cluster, used when `kind = "redis"`.

@@ -1,4 +1,5 @@
-//! The shared store for many replicas: Redis (one node or a cluster). Every operation is one
+//! The shared store for many replicas: Redis (one node, a Sentinel-managed master, or a
+//! cluster). Every operation is one
 //! Lua script or one command, so it is atomic and costs one round trip. All keys of one user
 //! share a hash tag, so each script touches a single cluster slot.
 //!
@@ -9,10 +10,17 @@
 //! - `<prefix>:{U}:open`: the user's open uploads (a sorted set scored by window end);
 //! - `<prefix>:{U}:day:<yyyymmdd>`: the user's confirmed uploads and bytes that day;
 //! - `<prefix>:{U}:rate`: the user's presign rate-limit state (GCRA theoretical arrival time);
-//! - `<prefix>:{U}:confirm-rate`: the same for confirmations.
+//! - `<prefix>:{U}:confirm-rate`: the same for confirmations;
+//! - `<prefix>:{due<n>}`, `n` in `0..EXPIRY_SHARDS`: every recorded upload (`U:<uuid>`), scored by
+//!   when it is forgotten, so that the sweeper can report those never confirmed, as the memory
+//!   store does. Redis's own key expiry is silent, and keyspace notifications are lost while no
+//!   replica listens and would reach every replica; a sorted set taken from atomically is
+//!   reported once, by whichever replica sweeps it first.
 //!
 //! A presign costs two round trips (admit: quotas and budget; record), a confirmation two
-//! (claim: budget and claim; consume or release).
+//! (claim: budget and claim; consume or release). The record's `ZADD` into the expiry index is
+//! sent alongside the record script, not after it: on one node it shares its round trip, on a
+//! cluster it goes to the index's node at the same time.
 //!
 //! What Redis spends per step is mostly fixed costs: running a script, each argument crossing
 //! into Lua (copied, and interned: Redis hashes every byte), each command a script runs, each
@@ -213,6 +221,10 @@ pub struct RedisSettings {
     pub wait_for_replicas: u32,
     /// Find the master through Redis Sentinel instead of `urls`.
     pub sentinel: Option<SentinelSettings>,
+    /// How long an upload's key outlives its memory (`confirm.remember_expired` after its
+    /// window), so that the sweeper, running every `store.sweep_interval`, still finds out
+    /// whether it was confirmed; the scripts treat it as forgotten meanwhile.
+    pub sweep_grace: Duration,
 }
 
 /// How to reach the sentinels, and which master to ask them for.
@@ -272,6 +284,7 @@ pub struct RedisStore {
     timeout: Duration,
     /// Replicas that must acknowledge each record, claim and settle (`WAIT`); 0: none.
     wait_for_replicas: u32,
+    sweep_grace: Duration,
     limits: StoreLimits,
     scripts: Scripts,
 }
@@ -292,6 +305,8 @@ struct Scripts {
     consume: Script,
     unclaim: Script,
     usage: Script,
+    take_due: Script,
+    peek: Script,
 }
 
 /// Scripts with their rules written into the text as Lua literals, one per rule set in use (a
@@ -568,6 +583,26 @@ redis.call('SETRANGE', KEYS[1], 0, 'i')
 return 0
 "#;
 
+/// Shards of the expiry index: on a cluster they spread over the nodes.
+const EXPIRY_SHARDS: usize = 16;
+/// Index entries one sweep step takes from a shard.
+const SWEEP_BATCH: usize = 500;
+
+/// KEYS: one shard of the expiry index. ARGV: now_ms, batch. Takes (removes and answers) the
+/// entries forgotten by now: atomic, so that of replicas sweeping at once each entry goes to one.
+const TAKE_DUE: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"#;
+
+/// KEYS: upload. The upload if it was never confirmed, else nothing (a consumed upload's kept
+/// answer is not sent for nothing).
+const PEEK: &str = r#"
+if redis.call('GETRANGE', KEYS[1], 0, 0) == 'x' then return false end
+return redis.call('GET', KEYS[1])
+"#;
+
 const USAGE: &str = r#"
 -- KEYS: open, day. ARGV: now_ms
 local open = redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
@@ -738,6 +773,7 @@ impl RedisStore {
             },
             timeout: settings.operation_timeout,
             wait_for_replicas: settings.wait_for_replicas,
+            sweep_grace: settings.sweep_grace,
             limits,
             scripts: Scripts {
                 admit: ScriptCache::new(),
@@ -746,6 +782,8 @@ impl RedisStore {
                 release: Script::new(&with_layout(RELEASE)),
                 consume: Script::new(&with_layout(CONSUME)),
                 unclaim: Script::new(UNCLAIM),
+                take_due: Script::new(TAKE_DUE),
+                peek: Script::new(PEEK),
                 usage: Script::new(USAGE),
             },
         };
@@ -929,9 +967,58 @@ impl RedisStore {
     }
 
     fn ttl_ms(&self, window_end: OffsetDateTime, now: OffsetDateTime) -> i64 {
-        let forget = window_end + self.limits.remember_expired;
+        let forget = window_end + self.limits.remember_expired + self.sweep_grace;
         (unix_ms(forget) - unix_ms(now)).max(1)
     }
+
+    fn expiry_shard(&self, shard: usize) -> String {
+        format!("{}:{{due{shard}}}", self.keys.prefix)
+    }
+
+    /// The index entry of an upload: its user's hash tag and its uuid.
+    fn expiry_member(keys: &UserKeys, id: Uuid) -> String {
+        let tag = &keys.0[keys.0.find('{').map_or(0, |at| at + 1)..keys.0.len() - 2];
+        format!("{tag}:{id}")
+    }
+
+    /// The upload an index entry names, if it is still kept and was never confirmed.
+    async fn unconfirmed(&self, member: &str) -> Result<Option<IssuedUpload>, StoreError> {
+        let Some((tag, id)) = member.rsplit_once(':') else {
+            return Ok(None);
+        };
+        let (Some(hex), Ok(id)) = (tag.strip_prefix('u'), Uuid::parse_str(id)) else {
+            return Ok(None);
+        };
+        let Some(user) = decode_hex(hex) else {
+            return Ok(None);
+        };
+        let mut connection = self.connection.clone();
+        let mut invocation = self.scripts.peek.prepare_invoke();
+        invocation.key(format!("{}:{{{tag}}}:up:{id}", self.keys.prefix));
+        let value: Option<Vec<u8>> = self.run(invocation.invoke_async(&mut connection)).await?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let stored = StoredUpload(&value);
+        let (key, source, _) = stored.key_and_source()?;
+        Ok(Some(IssuedUpload {
+            s3object_id: id,
+            key,
+            user,
+            source,
+            issued_at: stored.instant(layout::ISSUED)?,
+            window_end: stored.instant(layout::WINDOW_END)?,
+        }))
+    }
+}
+
+/// The user id a key's hex encoding names.
+fn decode_hex(hex: &str) -> Option<String> {
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 #[async_trait]
@@ -1003,7 +1090,26 @@ impl UploadStore for RedisStore {
             .arg(unix_ms(now))
             .arg(self.ttl_ms(upload.window_end, now))
             .arg(encode_upload(upload, forget));
-        let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
+        let mut index = redis::cmd("ZADD");
+        index
+            .arg(self.expiry_shard(usize::from(upload.s3object_id.as_bytes()[0]) % EXPIRY_SHARDS))
+            .arg("NX")
+            .arg(unix_ms(forget))
+            .arg(Self::expiry_member(&keys, upload.s3object_id));
+        let mut index_connection = self.connection.clone();
+        // Sent together: the index entry costs no round trip of its own. An entry whose record
+        // is refused names no upload, and the sweep skips it.
+        let (answer, indexed) = tokio::join!(
+            self.run(invocation.invoke_async::<i64>(&mut connection)),
+            self.run(index.query_async::<i64>(&mut index_connection)),
+        );
+        let answer = answer?;
+        if answer == 0 && indexed.is_err() {
+            tracing::warn!(
+                s3object_id = %upload.s3object_id,
+                "redis: the upload is recorded but not indexed; its expiry will not be reported"
+            );
+        }
         match answer {
             0 => self.replicated(&keys.key("open")).await,
             RECORD_DUPLICATE => Err(StoreError::Duplicate),
@@ -1162,14 +1268,54 @@ impl UploadStore for RedisStore {
         Ok(settled(answer))
     }
 
-    async fn purge(&self, _now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError> {
-        // Redis forgets by itself: every key carries its TTL.
-        Ok(Vec::new())
+    async fn purge(&self, now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError> {
+        // Redis forgets the keys by itself (each carries its TTL); this reports, once across
+        // replicas, the uploads among them never confirmed.
+        let mut never_confirmed = Vec::new();
+        for shard in 0..EXPIRY_SHARDS {
+            loop {
+                let mut connection = self.connection.clone();
+                let mut invocation = self.scripts.take_due.prepare_invoke();
+                invocation
+                    .key(self.expiry_shard(shard))
+                    .arg(unix_ms(now))
+                    .arg(SWEEP_BATCH);
+                let due: Vec<String> = self.run(invocation.invoke_async(&mut connection)).await?;
+                for member in &due {
+                    // Taken: a failure here loses this report rather than risk a second one.
+                    match self.unconfirmed(member).await {
+                        Ok(Some(upload)) => never_confirmed.push(upload),
+                        Ok(None) => {}
+                        Err(_) => {
+                            tracing::warn!(member, "redis sweep: an upload could not be read")
+                        }
+                    }
+                }
+                if due.len() < SWEEP_BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(never_confirmed)
     }
 
     async fn entry_count(&self) -> Result<Option<usize>, StoreError> {
-        // Counting keys would mean scanning every node; Redis reports its own memory.
-        Ok(None)
+        // The expiry index holds one entry per upload until it is forgotten: exact but for
+        // entries whose record was refused (until their time) and records whose entry was
+        // lost to a failover.
+        let mut total = 0;
+        for shard in 0..EXPIRY_SHARDS {
+            let mut connection = self.connection.clone();
+            let count: usize = self
+                .run(
+                    redis::cmd("ZCARD")
+                        .arg(self.expiry_shard(shard))
+                        .query_async(&mut connection),
+                )
+                .await?;
+            total += count;
+        }
+        Ok(Some(total))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
