@@ -110,6 +110,7 @@ async fn eventually(deadline: Duration, what: &str, condition: impl Fn() -> bool
 /// uploads went through, then `revive` once the failover is seen; checks every promise.
 async fn uploads_through_a_failover(
     gateways: Vec<TestGateway>,
+    durable: bool,
     kill: impl FnOnce() + Send + 'static,
     promoted: impl Fn() -> bool + Send + Sync + 'static,
     revive: impl FnOnce() + Send + 'static,
@@ -193,6 +194,16 @@ async fn uploads_through_a_failover(
         "the killed master's user uploads again"
     );
 
+    eprintln!(
+        "failover: {} uploads, {unavailable} answers 503 (slowest {slowest_503:?}), promotion seen after {promotion:?}, uploads again {after_revive:?} after the revive",
+        steps.len()
+    );
+    if !durable {
+        // Without WAIT, the last writes before the kill may be lost: what follows is not
+        // promised (README, "Redis failover").
+        return;
+    }
+
     // Afterwards every issued upload confirms: none was lost. Those confirmed before answer the
     // kept answer (their consume was not lost), the others are forwarded now, once.
     let gw = &gateways[0];
@@ -222,10 +233,6 @@ async fn uploads_through_a_failover(
     assert!(
         forwards.values().all(|&n| n == 1),
         "a confirmation was forwarded twice: {forwards:?}"
-    );
-    eprintln!(
-        "failover: {} uploads, {unavailable} answers 503 (slowest {slowest_503:?}), promotion seen after {promotion:?}, uploads again {after_revive:?} after the revive",
-        steps.len()
     );
 }
 
@@ -275,6 +282,7 @@ async fn a_sentinel_failover_under_load_loses_nothing_and_forwards_nothing_twice
     let (kill, promoted, revive) = (topology.clone(), topology.clone(), topology.clone());
     uploads_through_a_failover(
         gateways,
+        true,
         move || kill.lock().unwrap().master.kill(),
         move || {
             let t = promoted.lock().unwrap();
@@ -314,6 +322,7 @@ async fn a_cluster_failover_under_load_loses_nothing_and_forwards_nothing_twice(
     let (kill, promoted, revive) = (cluster.clone(), cluster.clone(), cluster.clone());
     uploads_through_a_failover(
         gateways,
+        true,
         move || kill.lock().unwrap().nodes[victim].kill(),
         move || {
             let c = promoted.lock().unwrap();
@@ -385,4 +394,32 @@ async fn with_wait_for_replicas_nothing_is_forwarded_that_a_replica_does_not_hol
         "per upload (presign + confirm): {:?} without WAIT, {:?} with wait_for_replicas = 1",
         took[0], took[1]
     );
+}
+
+/// Without `wait_for_replicas`, the gateways recover as soon as Sentinel has promoted the
+/// replica: nothing else has to come back. (What may be lost then is in the README.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sentinel_failover_the_gateways_recover_by_themselves() {
+    let topology = Arc::new(Mutex::new(
+        tokio::task::spawn_blocking(RedisSentinel::start)
+            .await
+            .unwrap(),
+    ));
+    let sentinels = topology.lock().unwrap().sentinel_urls();
+    let prefix = prefix();
+    let gateways =
+        two_gateways(|builder| builder.with_redis_sentinel(&sentinels, SENTINEL_MASTER, &prefix))
+            .await;
+    let (kill, promoted) = (topology.clone(), topology.clone());
+    uploads_through_a_failover(
+        gateways,
+        false,
+        move || kill.lock().unwrap().master.kill(),
+        move || {
+            let t = promoted.lock().unwrap();
+            t.master_port() == Some(t.replica.port) && t.replica.role().as_deref() == Some("master")
+        },
+        || {},
+    )
+    .await;
 }

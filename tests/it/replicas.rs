@@ -449,12 +449,20 @@ async fn a_presign_and_a_confirmation_are_two_redis_round_trips_each() {
     assert_eq!(gw.confirm(&token, &warm).await.status(), 200);
 
     let before = redis.script_calls();
+    let zadds = redis.command_calls("zadd");
     let issued = gw.issue(&token).await;
     let after_presign = redis.script_calls();
     assert_eq!(gw.confirm(&token, &issued).await.status(), 200);
     let after_confirm = redis.script_calls();
     assert_eq!(after_presign - before, 2, "presign: admit, record");
     assert_eq!(after_confirm - after_presign, 2, "confirm: claim, consume");
+    // Besides: the expiry index's entry (sent with the record, no round trip of its own) and the
+    // record script's ZADD into the user's open set.
+    assert_eq!(
+        redis.command_calls("zadd") - zadds,
+        2,
+        "one index entry per upload"
+    );
 }
 
 /// Lifecycle parity: an upload forgotten unconfirmed is counted in `uploads_expired` (and

@@ -220,6 +220,17 @@ impl RedisServer {
             .sum()
     }
 
+    /// Calls of one command the server has answered so far, scripts' own calls included (e.g.
+    /// `zadd`).
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let stats = redis_cli(self.port, &["INFO", "commandstats"]).expect("INFO answers");
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Starts it again on the same port (its data is gone unless it was started persistent).
     pub fn restart(&mut self) {
         self.stop();
@@ -231,7 +242,10 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // A server left paused by a failing test would ignore the shell's SIGTERM forever.
-            let _ = Command::new("kill").args(["-CONT", &self.pid]).status();
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.pid])
+                .stderr(Stdio::null())
+                .status();
             drop(child.stdin.take());
             let _ = child.wait();
         }
