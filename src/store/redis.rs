@@ -575,6 +575,9 @@ return 0
 "#;
 const SETTLED_DONE: i64 = 0;
 
+/// How long a claim no replica acknowledged is retried to be given back.
+const UNCLAIM_RETRIES_FOR: Duration = Duration::from_secs(60);
+
 /// KEYS: upload. ARGV: 'c' .. lease. Takes back a claim that no replica acknowledged, before
 /// anything was forwarded: the upload is issued again, no attempt counted.
 const UNCLAIM: &str = r#"
@@ -957,6 +960,41 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Gives back a claim that was never forwarded, retrying in the background with backoff for
+    /// up to [`UNCLAIM_RETRIES_FOR`]: when the master dies between a claim and its `WAIT`, the
+    /// claim may live on in the promoted replica, and would otherwise hold the upload (409)
+    /// until its window closes.
+    fn unclaim(&self, key: String, lease: Lease) {
+        let script = self.scripts.unclaim.clone();
+        let mut connection = self.connection.clone();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let mut invocation = script.prepare_invoke();
+                invocation.key(&key).arg(format!("c{}", lease.0));
+                match tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut connection))
+                    .await
+                {
+                    // Given back, or no longer this claim's (lost in a failover): done either way.
+                    Ok(Ok(_)) => return,
+                    _ if started.elapsed() >= UNCLAIM_RETRIES_FOR => {
+                        tracing::warn!(
+                            "redis: an unacknowledged claim could not be given back; the upload \
+                             answers 409 until its window closes"
+                        );
+                        return;
+                    }
+                    _ => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
+
     /// One round trip, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
@@ -1190,9 +1228,7 @@ impl UploadStore for RedisStore {
                 if let Err(error) = self.replicated(&claimed).await {
                     // Nothing was forwarded: give the upload back rather than leave a claim that
                     // only its own settle could end.
-                    let mut unclaim = self.scripts.unclaim.prepare_invoke();
-                    unclaim.key(&claimed).arg(format!("c{}", lease.0));
-                    let _: Result<i64, _> = self.run(unclaim.invoke_async(&mut connection)).await;
+                    self.unclaim(claimed, lease);
                     return Err(error);
                 }
                 ClaimOutcome::Claimed {

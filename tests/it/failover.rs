@@ -258,9 +258,9 @@ async fn two_gateways(
 
 const WAIT_FOR_A_REPLICA: &str = "[store.redis]\nwait_for_replicas = 1\n";
 
-/// Sentinel: one master, one replica, three sentinels (down after 500ms). With
+/// Sentinel: one master, one replica, three sentinels (down after 1s). With
 /// `wait_for_replicas = 1` the promoted master has no replica until the killed node comes back
-/// (as a replica, by Sentinel's doing), so the test restarts it, as an orchestrator would.
+/// as a replica, so the test restarts it under the new master, as an orchestrator would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_under_load_loses_nothing_and_forwards_nothing_twice() {
     let topology = Arc::new(Mutex::new(
@@ -288,7 +288,11 @@ async fn a_sentinel_failover_under_load_loses_nothing_and_forwards_nothing_twice
             let t = promoted.lock().unwrap();
             t.master_port() == Some(t.replica.port) && t.replica.role().as_deref() == Some("master")
         },
-        move || revive.lock().unwrap().master.start_again(),
+        move || {
+            let mut t = revive.lock().unwrap();
+            let master = t.replica.port;
+            t.master.start_again_as_replica_of(master);
+        },
     )
     .await;
     let t = topology.lock().unwrap();

@@ -67,7 +67,8 @@ impl RedisServer {
     }
 
     /// A sentinel watching `master` as `name`, quick to act: the master is deemed down after
-    /// 500ms of silence, and a failover is retried after 2s.
+    /// 1s of silence (shorter deems a busy master on a loaded machine down), and a failover is
+    /// retried after 2s.
     pub fn start_sentinel(master: &RedisServer, name: &str) -> Self {
         let port = free_port();
         let dir = temp_dir(&format!("sentinel-{port}"));
@@ -77,7 +78,7 @@ impl RedisServer {
             format!(
                 "port {port}\nbind 127.0.0.1\ndir {}\n\
                  sentinel monitor {name} 127.0.0.1 {} 2\n\
-                 sentinel down-after-milliseconds {name} 500\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
                  sentinel failover-timeout {name} 2000\n\
                  sentinel parallel-syncs {name} 1\n",
                 dir.display(),
@@ -150,6 +151,19 @@ impl RedisServer {
 
     /// Starts a stopped server again on the same port and folder.
     pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// Starts a stopped (data-less) server again as a replica of the node on `master_port`, as an
+    /// orchestrator brings a failed Redis pod back under the current master: started as a
+    /// master instead, it would be an empty master until Sentinel converts it, and a second
+    /// failover meanwhile could promote it and wipe the data.
+    pub fn start_again_as_replica_of(&mut self, master_port: u16) {
+        self.extra.extend([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            master_port.to_string(),
+        ]);
         self.spawn();
     }
 
