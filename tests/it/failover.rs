@@ -427,3 +427,38 @@ async fn after_a_sentinel_failover_the_gateways_recover_by_themselves() {
     )
     .await;
 }
+
+/// A planned failover (`SENTINEL FAILOVER`): the old master lives on as a read-only replica, so
+/// the gateways' connections to it may answer `READONLY` rather than break; either way they must
+/// ask the sentinels again. Nothing is lost and nothing restarted, with `wait_for_replicas = 1` (the
+/// demoted master is the new master's replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_sentinel_failover_moves_the_gateways_to_the_new_master() {
+    let topology = Arc::new(Mutex::new(
+        tokio::task::spawn_blocking(RedisSentinel::start)
+            .await
+            .unwrap(),
+    ));
+    let sentinels = topology.lock().unwrap().sentinel_urls();
+    let prefix = prefix();
+    let gateways = two_gateways(|builder| {
+        builder
+            .with_redis_sentinel(&sentinels, SENTINEL_MASTER, &prefix)
+            .with_config(WAIT_FOR_A_REPLICA)
+    })
+    .await;
+    let (failover, promoted) = (topology.clone(), topology.clone());
+    uploads_through_a_failover(
+        gateways,
+        true,
+        move || failover.lock().unwrap().failover(),
+        move || {
+            let t = promoted.lock().unwrap();
+            t.master_port() == Some(t.replica.port)
+                && t.replica.role().as_deref() == Some("master")
+                && t.master.role().as_deref() == Some("slave")
+        },
+        || {},
+    )
+    .await;
+}

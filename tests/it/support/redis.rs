@@ -462,6 +462,19 @@ impl RedisSentinel {
         self.sentinels.iter().map(RedisServer::url).collect()
     }
 
+    /// A graceful failover (`SENTINEL FAILOVER`): the master lives on, demoted to a replica.
+    pub fn failover(&self) {
+        let answer = redis_cli(
+            self.sentinels[0].port,
+            &["SENTINEL", "FAILOVER", SENTINEL_MASTER],
+        );
+        assert_eq!(
+            answer.as_deref().map(str::trim),
+            Some("OK"),
+            "SENTINEL FAILOVER"
+        );
+    }
+
     /// The port of the master the sentinels name now.
     pub fn master_port(&self) -> Option<u16> {
         self.sentinels.iter().find_map(|s| {
