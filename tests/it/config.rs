@@ -747,7 +747,7 @@ fn sentinel_settings_are_checked_at_load_naming_the_field() {
         (
             "",
             "master_name = \"m\"\nurls = [\"redis://:hunter2-sentinel@s1:26379\"]".to_owned(),
-            "store.redis.password",
+            "store.redis.sentinel.password",
         ),
         (
             "",
