@@ -98,7 +98,8 @@ pub struct Metrics {
     pub uploads_rejected: Family<ReasonLabels, Counter>,
     /// `kizen_gateway_uploads_expired_total`: uploads forgotten without ever being confirmed.
     pub uploads_expired: Counter,
-    /// `kizen_gateway_store_entries`: uploads held by the memory store, set on each scrape.
+    /// `kizen_gateway_store_entries`: uploads held by the store, set on each scrape (Redis: its
+    /// expiry index, see `store::redis`).
     pub store_entries: Gauge,
     /// `kizen_gateway_runtime_alive_tasks`: tokio tasks alive in the gateway's runtime, set on
     /// each scrape (a task leak shows here first, long before memory does).
@@ -211,7 +212,7 @@ impl Metrics {
         );
         registry.register(
             "store_entries",
-            "Uploads held by the memory store",
+            "Uploads held by the store (Redis: shared by every replica)",
             metrics.store_entries.clone(),
         );
         registry.register(
