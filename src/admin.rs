@@ -52,6 +52,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(Some(entries)) = state.store.entry_count().await {
         state.metrics.store_entries.set(entries as i64);
     }
+    // A count tokio keeps anyway, read only when scraped: nothing on the request path.
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    state
+        .metrics
+        .runtime_alive_tasks
+        .set(i64::try_from(tasks).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

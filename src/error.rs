@@ -98,9 +98,11 @@ error_codes! {
     MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED, Never),
     /// A request target that is a URL rather than a path.
     AbsoluteFormTarget => ("absolute_form_target", BAD_REQUEST, Never),
+    /// The asterisk-form target (`OPTIONS *`): the gateway has no server-wide options to tell.
+    AsteriskFormTarget => ("asterisk_form_target", BAD_REQUEST, Never),
     /// Not exactly one `Host` header (none is allowed for HTTP/1.0 only).
     BadHostHeader => ("bad_host_header", BAD_REQUEST, Never),
-    /// A body sent with `Transfer-Encoding`; only `Content-Length` is accepted.
+    /// A `Transfer-Encoding` other than `chunked` on a confirmation, or any on a presign.
     TransferEncodingNotAccepted => ("transfer_encoding_not_accepted", BAD_REQUEST, Never),
     /// Invalid query or form fields, each listed in the problem's `errors`.
     InvalidInput => ("invalid_input", BAD_REQUEST, Never),
@@ -108,6 +110,10 @@ error_codes! {
     UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, Never),
     /// A confirmation body over `confirm.max_body_bytes`.
     PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE, Never),
+    /// A request target longer than the gateway reads (see `http_guard::MAX_TARGET_BYTES`).
+    UriTooLong => ("uri_too_long", URI_TOO_LONG, Never),
+    /// A request head over `server.max_header_bytes`, or more than `server.max_headers` lines.
+    HeadersTooLarge => ("headers_too_large", REQUEST_HEADER_FIELDS_TOO_LARGE, Never),
     /// The user's presign or confirmation budget is spent.
     RateLimited => ("rate_limited", TOO_MANY_REQUESTS, Computed),
     /// The upload failed to confirm `confirm.max_attempts` times and is backing off.
@@ -176,10 +182,25 @@ pub enum GatewayError {
     /// The request target is a URL, not a path.
     #[error("the request target is not a path")]
     AbsoluteFormTarget,
+    /// The request target is `*`.
+    #[error("the request target is *")]
+    AsteriskFormTarget,
+    /// The request target is longer than `limit` bytes.
+    #[error("request target too long")]
+    UriTooLong {
+        /// The longest target read, named in the `detail`.
+        limit: usize,
+    },
+    /// The request head is over a limit; `what` names it for the `detail`.
+    #[error("request head too large")]
+    HeadersTooLarge {
+        /// Which limit, e.g. "server.max_header_bytes (16384 bytes)".
+        what: String,
+    },
     /// Not exactly one `Host` header.
     #[error("not exactly one Host header")]
     BadHostHeader,
-    /// The request carries `Transfer-Encoding`.
+    /// The request carries a `Transfer-Encoding` the route does not take.
     #[error("Transfer-Encoding sent")]
     TransferEncodingNotAccepted,
     /// The query or form failed validation; every invalid field is listed.
@@ -292,6 +313,9 @@ impl GatewayError {
             RouteNotFound => ErrorCode::RouteNotFound,
             MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             AbsoluteFormTarget => ErrorCode::AbsoluteFormTarget,
+            AsteriskFormTarget => ErrorCode::AsteriskFormTarget,
+            UriTooLong { .. } => ErrorCode::UriTooLong,
+            HeadersTooLarge { .. } => ErrorCode::HeadersTooLarge,
             BadHostHeader => ErrorCode::BadHostHeader,
             TransferEncodingNotAccepted => ErrorCode::TransferEncodingNotAccepted,
             InvalidInput(_) => ErrorCode::InvalidInput,
@@ -342,9 +366,16 @@ impl GatewayError {
             AbsoluteFormTarget => {
                 "the request target must be a path (origin-form), not a URL".into()
             }
+            AsteriskFormTarget => {
+                "the gateway has no server-wide options; OPTIONS * is not served".into()
+            }
+            UriTooLong { limit } => format!("the request target is longer than {limit} bytes"),
+            HeadersTooLarge { what } => format!("the request head is over {what}"),
             BadHostHeader => "an HTTP/1.1 request carries exactly one Host header".into(),
             TransferEncodingNotAccepted => {
-                "send the body with Content-Length; Transfer-Encoding is not accepted".into()
+                "send a confirmation with Content-Length or Transfer-Encoding: chunked, and a \
+                 presign with no body"
+                    .into()
             }
             InvalidInput(errors) => {
                 let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();

@@ -580,11 +580,14 @@ pub fn config_load(data: &[u8]) {
 
 /// The request-head guard ([`crate::http_guard`]) behind hyper's HTTP/1.1 parser, configured as
 /// the server's connections are ([`crate::server::connection_builder`] with the default
-/// `[server]`): the bytes are one client connection's input.
+/// `[server]`): the bytes are one client connection's input. Each request is checked by both
+/// guards: the innermost one and the one in front of the CORS layer.
 ///
-/// Invariants: every request the guard accepts is a `GET` of the presign path or a `POST` of the
-/// success path, in origin form, with one `Host` (HTTP/1.1) and no `Transfer-Encoding`; every
-/// refusal is a 4xx problem.
+/// Invariants: every request a guard accepts is in origin form, within the head limits, with one
+/// `Host` (HTTP/1.1), for the presign path or the success path, and either that route's method
+/// (`Transfer-Encoding` only as a confirmation's single `chunked`) or, for the preflight guard
+/// only, an `OPTIONS` preflight with `Origin` and `Access-Control-Request-Method`; every refusal
+/// is a 4xx.
 pub fn request_head(data: &[u8]) {
     use http_body_util::Empty;
     use hyper::service::service_fn;
@@ -596,11 +599,16 @@ pub fn request_head(data: &[u8]) {
         let (mut client, server_side) = tokio::io::duplex(64 * 1024);
         let service = service_fn(|request: http::Request<hyper::body::Incoming>| async move {
             let request = request.map(axum::body::Body::new);
-            match http_guard::check(&request) {
-                Ok(()) => assert_accepted(&request),
-                Err(error) => {
-                    let status = axum::response::IntoResponse::into_response(error).status();
-                    assert!(status.is_client_error(), "a refusal answered {status}");
+            for (guard, preflights) in [
+                (http_guard::Guard::new(server), false),
+                (http_guard::Guard::for_preflights(server), true),
+            ] {
+                match http_guard::check(&request, &guard) {
+                    Ok(()) => assert_accepted(&request, server, preflights),
+                    Err(error) => {
+                        let status = axum::response::IntoResponse::into_response(error).status();
+                        assert!(status.is_client_error(), "a refusal answered {status}");
+                    }
                 }
             }
             Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<bytes::Bytes>::new()))
@@ -619,26 +627,49 @@ pub fn request_head(data: &[u8]) {
     });
 }
 
-fn assert_accepted(request: &axum::extract::Request) {
+fn assert_accepted(request: &axum::extract::Request, server: &ServerConfig, preflights: bool) {
     let uri = request.uri();
     assert!(
-        uri.scheme().is_none() && uri.authority().is_none(),
-        "accepted an absolute-form target"
+        uri.scheme().is_none() && uri.authority().is_none() && uri.path() != "*",
+        "accepted a target not in origin form"
+    );
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len());
+    assert!(
+        target <= http_guard::MAX_TARGET_BYTES.min(server.max_header_bytes)
+            && request.headers().len() <= server.max_headers,
+        "accepted a head over the limits"
     );
     let allowed = match uri.path() {
         PRESIGN_PATH => Method::GET,
         SUCCESS_PATH => Method::POST,
         other => panic!("accepted a request for {other:?}"),
     };
-    assert_eq!(request.method(), allowed, "accepted a wrong method");
-    let hosts = request.headers().get_all(header::HOST).iter().count();
+    let headers = request.headers();
+    let hosts = headers.get_all(header::HOST).iter().count();
     assert!(
         hosts == 1 || (hosts == 0 && request.version() != http::Version::HTTP_11),
         "accepted {hosts} Host headers"
     );
+    if request.method() == Method::OPTIONS && allowed != Method::OPTIONS {
+        assert!(
+            preflights
+                && headers.contains_key(header::ORIGIN)
+                && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD),
+            "accepted an OPTIONS that is not a preflight, or past the innermost guard"
+        );
+        return;
+    }
+    assert_eq!(request.method(), allowed, "accepted a wrong method");
+    let encodings: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     assert!(
-        !request.headers().contains_key(header::TRANSFER_ENCODING),
-        "accepted Transfer-Encoding"
+        encodings.is_empty()
+            || (allowed == Method::POST
+                && encodings.len() == 1
+                && encodings[0]
+                    .as_bytes()
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"chunked")),
+        "accepted a Transfer-Encoding other than a confirmation's chunked"
     );
 }
 

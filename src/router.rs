@@ -7,7 +7,7 @@ use axum::{
     error_handling::HandleErrorLayer,
     extract::DefaultBodyLimit,
     http::{HeaderName, Method, header},
-    middleware::{from_fn, from_fn_with_state},
+    middleware::from_fn_with_state,
     response::IntoResponse,
     routing::{get, post},
 };
@@ -17,7 +17,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::{
     config::Origin,
     error::GatewayError,
-    http_guard,
+    http_guard::{self, Guard},
     observability::access::{self, X_REQUEST_ID},
     paths::{PRESIGN_PATH, SUCCESS_PATH},
     routes,
@@ -25,8 +25,9 @@ use crate::{
 };
 
 /// The whole HTTP application. Middleware, outermost first:
-/// request id and access log -> CORS -> load shedding -> concurrency limit -> deadline ->
-/// strict HTTP + route allowlist -> the two routes.
+/// request id and access log -> (with CORS on: the preflight gate -> CORS) -> load shedding ->
+/// concurrency limit -> deadline -> strict HTTP, head limits and route allowlist -> the two
+/// routes.
 pub fn app(state: AppState) -> Router {
     let config = &state.config;
     let routes = Router::new()
@@ -40,14 +41,27 @@ pub fn app(state: AppState) -> Router {
 
     // One service instance behind `fallback_service`, so that the concurrency limit is global
     // rather than per route.
+    let cors = cors(&config.cors.allowed_origins, config.cors.max_age);
+    // The CORS layer answers every OPTIONS request itself: the gate in front of it lets only the
+    // preflights on the two routes reach it.
+    let preflight_gate = cors.as_ref().map(|_| {
+        from_fn_with_state(
+            Guard::for_preflights(&config.server),
+            http_guard::preflight_gate,
+        )
+    });
     let service = ServiceBuilder::new()
         .layer(from_fn_with_state(state.metrics.clone(), access::observe))
-        .option_layer(cors(&config.cors.allowed_origins, config.cors.max_age))
+        .option_layer(preflight_gate)
+        .option_layer(cors)
         .layer(HandleErrorLayer::new(overload_problem))
         .load_shed()
         .concurrency_limit(config.server.max_concurrent_requests)
         .timeout(config.server.request_timeout)
-        .layer(from_fn(http_guard::strict_http))
+        .layer(from_fn_with_state(
+            Guard::new(&config.server),
+            http_guard::strict_http,
+        ))
         .service(routes);
     Router::new().fallback_service(service)
 }

@@ -12,7 +12,7 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 
-use crate::config::ServerConfig;
+use crate::{config::ServerConfig, http_guard};
 
 /// The HTTP/1.1 connection settings of every client connection: the head limits and the header
 /// read timeout from `server`, keep-alive on.
@@ -21,9 +21,9 @@ pub fn connection_builder(config: &ServerConfig) -> http1::Builder {
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_header_size(config.max_header_bytes)
-        .max_buf_size(config.max_header_bytes.max(8192) * 2)
-        .max_headers(config.max_headers)
+        .max_header_size(http_guard::hyper_max_header_bytes(config))
+        .max_buf_size(http_guard::hyper_max_header_bytes(config).max(8192) * 2)
+        .max_headers(http_guard::hyper_max_headers(config))
         .keep_alive(true);
     builder
 }

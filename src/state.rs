@@ -15,7 +15,7 @@ use crate::{
     rate_limit::RateLimit,
     reload::{ReloadOutcome, ReloadTargets, Reloader},
     settle::Settler,
-    store::{MemoryStore, RedisSettings, RedisStore, StoreLimits, UploadStore},
+    store::{MemoryStore, RedisSettings, RedisStore, SentinelSettings, StoreLimits, UploadStore},
     upstream::UpstreamClient,
 };
 
@@ -78,24 +78,44 @@ impl App {
             StoreKind::Memory => Arc::new(MemoryStore::new(limits)),
             StoreKind::Redis => {
                 let redis = &config.store.redis;
-                let settings = RedisSettings {
-                    urls: redis
-                        .urls
-                        .iter()
-                        .map(|url| url.as_str().to_owned())
-                        .collect(),
-                    cluster: redis.cluster,
-                    password: match &redis.password {
-                        Some(source) => Some(
-                            source
-                                .load()
-                                .map_err(|e| format!("store.redis.password: {e}"))?,
-                        ),
-                        None => None,
-                    },
-                    prefix: redis.prefix.clone(),
-                    operation_timeout: redis.operation_timeout,
-                };
+                let settings =
+                    RedisSettings {
+                        urls: redis
+                            .urls
+                            .iter()
+                            .map(|url| url.as_str().to_owned())
+                            .collect(),
+                        cluster: redis.cluster,
+                        password: match &redis.password {
+                            Some(source) => Some(
+                                source
+                                    .load()
+                                    .map_err(|e| format!("store.redis.password: {e}"))?,
+                            ),
+                            None => None,
+                        },
+                        prefix: redis.prefix.clone(),
+                        operation_timeout: redis.operation_timeout,
+                        wait_for_replicas: redis.wait_for_replicas,
+                        sweep_grace: 2 * config.store.sweep_interval,
+                        sentinel: match &redis.sentinel {
+                            Some(sentinel) => Some(SentinelSettings {
+                                master_name: sentinel.master_name.clone(),
+                                urls: sentinel
+                                    .urls
+                                    .iter()
+                                    .map(|url| url.as_str().to_owned())
+                                    .collect(),
+                                password: match &sentinel.password {
+                                    Some(source) => Some(source.load().map_err(|e| {
+                                        format!("store.redis.sentinel.password: {e}")
+                                    })?),
+                                    None => None,
+                                },
+                            }),
+                            None => None,
+                        },
+                    };
                 Arc::new(RedisStore::connect(&settings, limits).await?)
             }
         };

@@ -393,7 +393,8 @@ pub struct StoreConfig {
     /// Memory store only: entries one user may hold, all states together (default 1000); must
     /// exceed every tier's `max_outstanding`.
     pub max_uploads_per_user: usize,
-    /// Memory store only: how often expired entries are swept (default 1m).
+    /// How often entries past their memory are swept and those never confirmed reported
+    /// (default 1m); with Redis, upload keys outlive their memory by twice this.
     #[serde(deserialize_with = "positive_duration")]
     pub sweep_interval: Duration,
     /// `[store.redis]`: the Redis server or cluster, used when `kind = "redis"`.
@@ -427,6 +428,27 @@ pub struct RedisConfig {
     /// Bound on every Redis operation (default 250ms); past it, 503 and nothing is forwarded.
     #[serde(deserialize_with = "positive_duration")]
     pub operation_timeout: Duration,
+    /// Replicas that must have received a claim, a settle or a record before the gateway acts on
+    /// it (`WAIT`; default 0: the master's word is enough). With 1, a failover that promotes that
+    /// replica cannot lose a claim and so forward a confirmation twice.
+    pub wait_for_replicas: u32,
+    /// `[store.redis.sentinel]`: find the master through Redis Sentinel instead of `urls`.
+    pub sentinel: Option<SentinelConfig>,
+}
+
+/// `[store.redis.sentinel]`: the master is whichever node the sentinels name for `master_name`;
+/// the gateway asks them again whenever its connection to the master breaks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// The sentinels, `redis://host:26379` (or `rediss://`: then the data nodes are reached over
+    /// TLS too). Every URL must use the same scheme.
+    pub urls: Vec<RedisUrl>,
+    /// The sentinels' own password (`requirepass` in sentinel.conf), as a secret source; the
+    /// data nodes' is `store.redis.password`.
+    pub password: Option<SecretSource>,
 }
 
 /// Room left in `confirm.claim_lease` beyond the timeouts of one forward and its settle.
@@ -610,12 +632,41 @@ impl Config {
             ));
         }
         let r = &self.store.redis;
-        if self.store.kind == StoreKind::Redis
+        if let Some(sentinel) = &r.sentinel {
+            if r.cluster {
+                return Err(invalid(
+                    "store.redis.sentinel",
+                    "Sentinel manages one master and its replicas: not with store.redis.cluster = true",
+                ));
+            }
+            if sentinel.master_name.trim().is_empty() {
+                return Err(invalid(
+                    "store.redis.sentinel.master_name",
+                    "must name the master the sentinels monitor",
+                ));
+            }
+            if sentinel.urls.is_empty() {
+                return Err(invalid(
+                    "store.redis.sentinel.urls",
+                    "give the sentinels' addresses (usually three or more)",
+                ));
+            }
+            if sentinel
+                .urls
+                .iter()
+                .any(|url| url.is_tls() != sentinel.urls[0].is_tls())
+            {
+                return Err(invalid(
+                    "store.redis.sentinel.urls",
+                    "use one scheme for every sentinel: redis:// or rediss:// (TLS to the sentinels and the data nodes)",
+                ));
+            }
+        } else if self.store.kind == StoreKind::Redis
             && (r.urls.is_empty() || (!r.cluster && r.urls.len() > 1))
         {
             return Err(invalid(
                 "store.redis.urls",
-                "give one URL, or the seed nodes of a cluster with store.redis.cluster = true",
+                "give one URL, or the seed nodes of a cluster with store.redis.cluster = true, or [store.redis.sentinel]",
             ));
         }
         Ok(())

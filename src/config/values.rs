@@ -134,7 +134,10 @@ impl FromStr for RedisUrl {
             return Err(format!("{url:?} must be a redis:// or rediss:// URL"));
         }
         if parsed.password().is_some() {
-            return Err("put the password in store.redis.password, not in the URL".into());
+            return Err(
+                "put the password in store.redis.password (a sentinel's in store.redis.sentinel.password), not in the URL"
+                    .into(),
+            );
         }
         Ok(Self(url.to_owned()))
     }
@@ -144,6 +147,11 @@ impl RedisUrl {
     /// The URL exactly as configured (without a password, which is never in it).
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether the URL asks for TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("rediss://")
     }
 }
 

@@ -98,8 +98,12 @@ pub struct Metrics {
     pub uploads_rejected: Family<ReasonLabels, Counter>,
     /// `kizen_gateway_uploads_expired_total`: uploads forgotten without ever being confirmed.
     pub uploads_expired: Counter,
-    /// `kizen_gateway_store_entries`: uploads held by the memory store, set on each scrape.
+    /// `kizen_gateway_store_entries`: uploads held by the store, set on each scrape (Redis: its
+    /// expiry index, see `store::redis`).
     pub store_entries: Gauge,
+    /// `kizen_gateway_runtime_alive_tasks`: tokio tasks alive in the gateway's runtime, set on
+    /// each scrape (a task leak shows here first, long before memory does).
+    pub runtime_alive_tasks: Gauge,
     /// `kizen_gateway_store_errors_total`: requests refused because the store failed or was full.
     pub store_errors: Counter,
     /// `kizen_gateway_jwks_refreshes_total`: JWKS fetches, by result.
@@ -144,6 +148,7 @@ impl Metrics {
             uploads_rejected: Family::default(),
             uploads_expired: Counter::default(),
             store_entries: Gauge::default(),
+            runtime_alive_tasks: Gauge::default(),
             store_errors: Counter::default(),
             jwks_refreshes: Family::default(),
             reloads: Family::default(),
@@ -207,8 +212,13 @@ impl Metrics {
         );
         registry.register(
             "store_entries",
-            "Uploads held by the memory store",
+            "Uploads held by the store (Redis: shared by every replica)",
             metrics.store_entries.clone(),
+        );
+        registry.register(
+            "runtime_alive_tasks",
+            "Tokio tasks alive in the gateway's runtime (set when scraped)",
+            metrics.runtime_alive_tasks.clone(),
         );
         registry.register(
             "store_errors",

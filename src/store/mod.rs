@@ -16,7 +16,7 @@ pub mod redis;
 use async_trait::async_trait;
 use bytes::Bytes;
 pub use memory::MemoryStore;
-pub use redis::{RedisSettings, RedisStore};
+pub use redis::{RedisSettings, RedisStore, SentinelSettings};
 use time::OffsetDateTime;
 use uuid::Uuid;
 

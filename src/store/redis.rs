@@ -1,4 +1,5 @@
-//! The shared store for many replicas: Redis (one node or a cluster). Every operation is one
+//! The shared store for many replicas: Redis (one node, a Sentinel-managed master, or a
+//! cluster). Every operation is one
 //! Lua script or one command, so it is atomic and costs one round trip. All keys of one user
 //! share a hash tag, so each script touches a single cluster slot.
 //!
@@ -9,10 +10,17 @@
 //! - `<prefix>:{U}:open`: the user's open uploads (a sorted set scored by window end);
 //! - `<prefix>:{U}:day:<yyyymmdd>`: the user's confirmed uploads and bytes that day;
 //! - `<prefix>:{U}:rate`: the user's presign rate-limit state (GCRA theoretical arrival time);
-//! - `<prefix>:{U}:confirm-rate`: the same for confirmations.
+//! - `<prefix>:{U}:confirm-rate`: the same for confirmations;
+//! - `<prefix>:{due<n>}`, `n` in `0..EXPIRY_SHARDS`: every recorded upload (`U:<uuid>`), scored by
+//!   when it is forgotten, so that the sweeper can report those never confirmed, as the memory
+//!   store does. Redis's own key expiry is silent, and keyspace notifications are lost while no
+//!   replica listens and would reach every replica; a sorted set taken from atomically is
+//!   reported once, by whichever replica sweeps it first.
 //!
 //! A presign costs two round trips (admit: quotas and budget; record), a confirmation two
-//! (claim: budget and claim; consume or release).
+//! (claim: budget and claim; consume or release). The record's `ZADD` into the expiry index is
+//! sent alongside the record script, not after it: on one node it shares its round trip, on a
+//! cluster it goes to the index's node at the same time.
 //!
 //! What Redis spends per step is mostly fixed costs: running a script, each argument crossing
 //! into Lua (copied, and interned: Redis hashes every byte), each command a script runs, each
@@ -42,6 +50,124 @@ pub enum RedisConnection {
     Single(redis::aio::ConnectionManager),
     /// A Redis Cluster, found from its seed nodes.
     Cluster(redis::cluster_async::ClusterConnection),
+    /// The master that Redis Sentinel names, found again after a failover.
+    Sentinel(SentinelConnection),
+}
+
+/// A connection to whichever node the sentinels name master. `ConnectionManager` reconnects to a
+/// fixed address, which after a failover is a dead or demoted node; this asks the sentinels
+/// again whenever the connection breaks, times out or lands on a read-only replica. The failing
+/// request itself is not retried (its caller answers 503 at once); the next one reconnects.
+#[derive(Clone)]
+pub struct SentinelConnection(Arc<SentinelShared>);
+
+struct SentinelShared {
+    /// Held while asking the sentinels, so that a failover makes one lookup, not one per request.
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    /// The master's connection, numbered so that a late failure of an old one cannot drop its
+    /// successor.
+    current: std::sync::Mutex<Option<(u64, redis::aio::MultiplexedConnection)>>,
+    generation: std::sync::atomic::AtomicU64,
+    config: redis::AsyncConnectionConfig,
+    response_timeout: Duration,
+}
+
+impl SentinelConnection {
+    fn current(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(u64, redis::aio::MultiplexedConnection)>> {
+        self.0
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn master(&self) -> redis::RedisResult<(u64, redis::aio::MultiplexedConnection)> {
+        if let Some(current) = self.current().clone() {
+            return Ok(current);
+        }
+        let mut client = self.0.client.lock().await;
+        // Another request may have reconnected while this one waited for the lock.
+        if let Some(current) = self.current().clone() {
+            return Ok(current);
+        }
+        let connection = client
+            .get_async_connection_with_config(&self.0.config)
+            .await?;
+        let generation = self
+            .0
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.current() = Some((generation, connection.clone()));
+        tracing::info!("redis sentinel: connected to the master");
+        Ok((generation, connection))
+    }
+
+    /// Drops the connection of `generation` if `error` says the master is gone or demoted.
+    fn check<T>(&self, generation: u64, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(error) = &result {
+            let broken = error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_connection_refusal()
+                || error.is_timeout()
+                || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+            let mut current = self.current();
+            if broken && current.as_ref().is_some_and(|(g, _)| *g == generation) {
+                tracing::warn!(%error, "redis sentinel: the master's connection failed; asking the sentinels again");
+                *current = None;
+            }
+        }
+        result
+    }
+
+    async fn timed<T>(
+        &self,
+        generation: u64,
+        operation: impl Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        let result = match tokio::time::timeout(self.0.response_timeout, operation).await {
+            Ok(result) => result,
+            // A frozen or partitioned master keeps its socket open: only a timeout tells.
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the master did not answer in time",
+            ))),
+        };
+        self.check(generation, result)
+    }
+}
+
+impl ConnectionLike for SentinelConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let (generation, mut connection) = self.master().await?;
+            self.timed(generation, connection.req_packed_command(cmd))
+                .await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let (generation, mut connection) = self.master().await?;
+            self.timed(
+                generation,
+                connection.req_packed_commands(cmd, offset, count),
+            )
+            .await
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
 }
 
 impl ConnectionLike for RedisConnection {
@@ -52,6 +178,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -64,6 +191,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(c) => c.req_packed_commands(cmd, offset, count),
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -71,6 +199,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -88,6 +217,25 @@ pub struct RedisSettings {
     pub prefix: String,
     /// Bound on every operation, connecting included.
     pub operation_timeout: Duration,
+    /// Replicas that must acknowledge each record, claim and settle (`WAIT`); 0: none.
+    pub wait_for_replicas: u32,
+    /// Find the master through Redis Sentinel instead of `urls`.
+    pub sentinel: Option<SentinelSettings>,
+    /// How long an upload's key outlives its memory (`confirm.remember_expired` after its
+    /// window), so that the sweeper, running every `store.sweep_interval`, still finds out
+    /// whether it was confirmed; the scripts treat it as forgotten meanwhile.
+    pub sweep_grace: Duration,
+}
+
+/// How to reach the sentinels, and which master to ask them for.
+#[derive(Debug, Clone)]
+pub struct SentinelSettings {
+    /// The name the sentinels monitor the master under.
+    pub master_name: String,
+    /// The sentinels' `redis://` or `rediss://` URLs; `rediss://` means TLS to the data nodes too.
+    pub urls: Vec<String>,
+    /// The sentinels' own password; the data nodes' is [`RedisSettings::password`].
+    pub password: Option<secrecy::SecretString>,
 }
 
 /// Names the keys of one user, all inside the user's hash tag.
@@ -134,6 +282,9 @@ pub struct RedisStore {
     connection: RedisConnection,
     keys: KeyBuilder,
     timeout: Duration,
+    /// Replicas that must acknowledge each record, claim and settle (`WAIT`); 0: none.
+    wait_for_replicas: u32,
+    sweep_grace: Duration,
     limits: StoreLimits,
     scripts: Scripts,
 }
@@ -152,7 +303,10 @@ struct Scripts {
     claim: ScriptCache<ClaimScriptRules>,
     release: Script,
     consume: Script,
+    unclaim: Script,
     usage: Script,
+    take_due: Script,
+    peek: Script,
 }
 
 /// Scripts with their rules written into the text as Lua literals, one per rule set in use (a
@@ -421,6 +575,37 @@ return 0
 "#;
 const SETTLED_DONE: i64 = 0;
 
+/// How long a claim no replica acknowledged is retried to be given back.
+const UNCLAIM_RETRIES_FOR: Duration = Duration::from_secs(60);
+
+/// KEYS: upload. ARGV: 'c' .. lease. Takes back a claim that no replica acknowledged, before
+/// anything was forwarded: the upload is issued again, no attempt counted.
+const UNCLAIM: &str = r#"
+if redis.call('GETRANGE', KEYS[1], 0, 36) ~= ARGV[1] then return 1 end
+redis.call('SETRANGE', KEYS[1], 0, 'i')
+return 0
+"#;
+
+/// Shards of the expiry index: on a cluster they spread over the nodes.
+const EXPIRY_SHARDS: usize = 16;
+/// Index entries one sweep step takes from a shard.
+const SWEEP_BATCH: usize = 500;
+
+/// KEYS: one shard of the expiry index. ARGV: now_ms, batch. Takes (removes and answers) the
+/// entries forgotten by now: atomic, so that of replicas sweeping at once each entry goes to one.
+const TAKE_DUE: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"#;
+
+/// KEYS: upload. The upload if it was never confirmed, else nothing (a consumed upload's kept
+/// answer is not sent for nothing).
+const PEEK: &str = r#"
+if redis.call('GETRANGE', KEYS[1], 0, 0) == 'x' then return false end
+return redis.call('GET', KEYS[1])
+"#;
+
 const USAGE: &str = r#"
 -- KEYS: open, day. ARGV: now_ms
 local open = redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
@@ -554,6 +739,21 @@ impl<'a> StoredUpload<'a> {
     }
 }
 
+/// The cluster slot of `key`, as Redis computes it: CRC16 of its hash tag (or of the whole key
+/// when it has none), modulo 16384.
+fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+        })
+        .unwrap_or(bytes);
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
+}
+
 fn settled(answer: i64) -> Settled {
     if answer == SETTLED_DONE {
         Settled::Done
@@ -575,6 +775,8 @@ impl RedisStore {
                 prefix: settings.prefix.as_str().into(),
             },
             timeout: settings.operation_timeout,
+            wait_for_replicas: settings.wait_for_replicas,
+            sweep_grace: settings.sweep_grace,
             limits,
             scripts: Scripts {
                 admit: ScriptCache::new(),
@@ -582,6 +784,9 @@ impl RedisStore {
                 claim: ScriptCache::new(),
                 release: Script::new(&with_layout(RELEASE)),
                 consume: Script::new(&with_layout(CONSUME)),
+                unclaim: Script::new(UNCLAIM),
+                take_due: Script::new(TAKE_DUE),
+                peek: Script::new(PEEK),
                 usage: Script::new(USAGE),
             },
         };
@@ -596,7 +801,9 @@ impl RedisStore {
         use redis::IntoConnectionInfo;
         use secrecy::ExposeSecret;
         let describe = |e: redis::RedisError| format!("store.redis: {e}");
-        if settings.cluster {
+        if let Some(sentinel) = &settings.sentinel {
+            Self::open_sentinel(settings, sentinel).await
+        } else if settings.cluster {
             let mut builder = redis::cluster::ClusterClient::builder(settings.urls.clone())
                 .connection_timeout(settings.operation_timeout)
                 .response_timeout(settings.operation_timeout)
@@ -631,6 +838,62 @@ impl RedisStore {
         }
     }
 
+    async fn open_sentinel(
+        settings: &RedisSettings,
+        sentinel: &SentinelSettings,
+    ) -> Result<RedisConnection, String> {
+        use redis::IntoConnectionInfo;
+        use secrecy::ExposeSecret;
+        let describe = |e: redis::RedisError| format!("store.redis.sentinel: {e}");
+        let sentinels = sentinel
+            .urls
+            .iter()
+            .map(|url| {
+                let info = url.as_str().into_connection_info().map_err(describe)?;
+                Ok(match &sentinel.password {
+                    Some(password) => {
+                        let redis = info
+                            .redis_settings()
+                            .clone()
+                            .set_password(password.expose_secret());
+                        info.set_redis_settings(redis)
+                    }
+                    None => info,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut node = redis::RedisConnectionInfo::default();
+        if let Some(password) = &settings.password {
+            node = node.set_password(password.expose_secret());
+        }
+        let mut master =
+            redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
+        if sentinel.urls.iter().any(|url| url.starts_with("rediss://")) {
+            master = master.set_tls_mode(redis::TlsMode::Secure);
+        }
+        let client = redis::sentinel::SentinelClient::build(
+            sentinels,
+            sentinel.master_name.as_str(),
+            Some(master),
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(describe)?;
+        // Below the operation timeout, so that the connection learns of a silent master before
+        // the request's own deadline ends it.
+        let response_timeout = settings.operation_timeout * 9 / 10;
+        let connection = SentinelConnection(Arc::new(SentinelShared {
+            client: tokio::sync::Mutex::new(client),
+            current: std::sync::Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            config: redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(settings.operation_timeout))
+                .set_response_timeout(Some(response_timeout)),
+            response_timeout,
+        }));
+        connection.master().await.map_err(describe)?;
+        Ok(RedisConnection::Sentinel(connection))
+    }
+
     /// The connection shared by the store and the distributed rate limiter.
     pub fn connection(&self) -> RedisConnection {
         self.connection.clone()
@@ -662,6 +925,76 @@ impl RedisStore {
         }
     }
 
+    /// Waits until `store.redis.wait_for_replicas` replicas of the node holding `key` have this
+    /// connection's writes so far (`WAIT`, for at most half the operation timeout). Redis
+    /// replicates asynchronously: without this, a write the master acknowledged can vanish in
+    /// a failover that promotes a replica which never received it.
+    async fn replicated(&self, key: &str) -> Result<(), StoreError> {
+        if self.wait_for_replicas == 0 {
+            return Ok(());
+        }
+        let wait_ms = (self.timeout / 2).as_millis().max(1) as u64;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.wait_for_replicas).arg(wait_ms);
+        let mut connection = self.connection.clone();
+        let acked: i64 = match &mut connection {
+            // Unrouted, a cluster sends WAIT to every master; it must reach the key's own.
+            RedisConnection::Cluster(cluster) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(slot_of(key), SlotAddr::Master),
+                ));
+                let value = self.run(cluster.route_command(wait, routing)).await?;
+                redis::from_redis_value(value).map_err(|_| StoreError::Unavailable)?
+            }
+            other => self.run(wait.query_async(other)).await?,
+        };
+        if acked < i64::from(self.wait_for_replicas) {
+            tracing::warn!(
+                acked,
+                wanted = self.wait_for_replicas,
+                "redis: too few replicas acknowledged a write"
+            );
+            return Err(StoreError::Unavailable);
+        }
+        Ok(())
+    }
+
+    /// Gives back a claim that was never forwarded, retrying in the background with backoff for
+    /// up to [`UNCLAIM_RETRIES_FOR`]: when the master dies between a claim and its `WAIT`, the
+    /// claim may live on in the promoted replica, and would otherwise hold the upload (409)
+    /// until its window closes.
+    fn unclaim(&self, key: String, lease: Lease) {
+        let script = self.scripts.unclaim.clone();
+        let mut connection = self.connection.clone();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let mut invocation = script.prepare_invoke();
+                invocation.key(&key).arg(format!("c{}", lease.0));
+                match tokio::time::timeout(timeout, invocation.invoke_async::<i64>(&mut connection))
+                    .await
+                {
+                    // Given back, or no longer this claim's (lost in a failover): done either way.
+                    Ok(Ok(_)) => return,
+                    _ if started.elapsed() >= UNCLAIM_RETRIES_FOR => {
+                        tracing::warn!(
+                            "redis: an unacknowledged claim could not be given back; the upload \
+                             answers 409 until its window closes"
+                        );
+                        return;
+                    }
+                    _ => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
+
     /// One round trip, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
@@ -672,9 +1005,58 @@ impl RedisStore {
     }
 
     fn ttl_ms(&self, window_end: OffsetDateTime, now: OffsetDateTime) -> i64 {
-        let forget = window_end + self.limits.remember_expired;
+        let forget = window_end + self.limits.remember_expired + self.sweep_grace;
         (unix_ms(forget) - unix_ms(now)).max(1)
     }
+
+    fn expiry_shard(&self, shard: usize) -> String {
+        format!("{}:{{due{shard}}}", self.keys.prefix)
+    }
+
+    /// The index entry of an upload: its user's hash tag and its uuid.
+    fn expiry_member(keys: &UserKeys, id: Uuid) -> String {
+        let tag = &keys.0[keys.0.find('{').map_or(0, |at| at + 1)..keys.0.len() - 2];
+        format!("{tag}:{id}")
+    }
+
+    /// The upload an index entry names, if it is still kept and was never confirmed.
+    async fn unconfirmed(&self, member: &str) -> Result<Option<IssuedUpload>, StoreError> {
+        let Some((tag, id)) = member.rsplit_once(':') else {
+            return Ok(None);
+        };
+        let (Some(hex), Ok(id)) = (tag.strip_prefix('u'), Uuid::parse_str(id)) else {
+            return Ok(None);
+        };
+        let Some(user) = decode_hex(hex) else {
+            return Ok(None);
+        };
+        let mut connection = self.connection.clone();
+        let mut invocation = self.scripts.peek.prepare_invoke();
+        invocation.key(format!("{}:{{{tag}}}:up:{id}", self.keys.prefix));
+        let value: Option<Vec<u8>> = self.run(invocation.invoke_async(&mut connection)).await?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let stored = StoredUpload(&value);
+        let (key, source, _) = stored.key_and_source()?;
+        Ok(Some(IssuedUpload {
+            s3object_id: id,
+            key,
+            user,
+            source,
+            issued_at: stored.instant(layout::ISSUED)?,
+            window_end: stored.instant(layout::WINDOW_END)?,
+        }))
+    }
+}
+
+/// The user id a key's hex encoding names.
+fn decode_hex(hex: &str) -> Option<String> {
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 #[async_trait]
@@ -746,9 +1128,28 @@ impl UploadStore for RedisStore {
             .arg(unix_ms(now))
             .arg(self.ttl_ms(upload.window_end, now))
             .arg(encode_upload(upload, forget));
-        let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
+        let mut index = redis::cmd("ZADD");
+        index
+            .arg(self.expiry_shard(usize::from(upload.s3object_id.as_bytes()[0]) % EXPIRY_SHARDS))
+            .arg("NX")
+            .arg(unix_ms(forget))
+            .arg(Self::expiry_member(&keys, upload.s3object_id));
+        let mut index_connection = self.connection.clone();
+        // Sent together: the index entry costs no round trip of its own. An entry whose record
+        // is refused names no upload, and the sweep skips it.
+        let (answer, indexed) = tokio::join!(
+            self.run(invocation.invoke_async::<i64>(&mut connection)),
+            self.run(index.query_async::<i64>(&mut index_connection)),
+        );
+        let answer = answer?;
+        if answer == 0 && indexed.is_err() {
+            tracing::warn!(
+                s3object_id = %upload.s3object_id,
+                "redis: the upload is recorded but not indexed; its expiry will not be reported"
+            );
+        }
         match answer {
-            0 => Ok(()),
+            0 => self.replicated(&keys.key("open")).await,
             RECORD_DUPLICATE => Err(StoreError::Duplicate),
             RECORD_CAP => Err(StoreError::UserCapReached {
                 limit: max_outstanding,
@@ -823,6 +1224,13 @@ impl UploadStore for RedisStore {
             CLAIM_CLAIMED => {
                 let upload = stored()?;
                 let (key, source, _) = upload.key_and_source()?;
+                let claimed = keys.key(format_args!("up:{id}"));
+                if let Err(error) = self.replicated(&claimed).await {
+                    // Nothing was forwarded: give the upload back rather than leave a claim that
+                    // only its own settle could end.
+                    self.unclaim(claimed, lease);
+                    return Err(error);
+                }
                 ClaimOutcome::Claimed {
                     lease,
                     upload: IssuedUpload {
@@ -858,6 +1266,10 @@ impl UploadStore for RedisStore {
             .arg(rules.max_attempts)
             .arg(format!("{retry_at:0width$}", width = layout::INSTANT_LEN));
         let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
+        if answer == SETTLED_DONE {
+            // Not on a replica yet: the settler retries, and the settle is idempotent.
+            self.replicated(&keys.key("open")).await?;
+        }
         Ok(settled(answer))
     }
 
@@ -885,17 +1297,61 @@ impl UploadStore for RedisStore {
             .arg(kept)
             .arg(size_bytes.min(MAX_COUNTED_BYTES));
         let answer: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
+        if answer == SETTLED_DONE {
+            // Not on a replica yet: the settler retries, and the settle is idempotent.
+            self.replicated(&keys.key("open")).await?;
+        }
         Ok(settled(answer))
     }
 
-    async fn purge(&self, _now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError> {
-        // Redis forgets by itself: every key carries its TTL.
-        Ok(Vec::new())
+    async fn purge(&self, now: OffsetDateTime) -> Result<Vec<IssuedUpload>, StoreError> {
+        // Redis forgets the keys by itself (each carries its TTL); this reports, once across
+        // replicas, the uploads among them never confirmed.
+        let mut never_confirmed = Vec::new();
+        for shard in 0..EXPIRY_SHARDS {
+            loop {
+                let mut connection = self.connection.clone();
+                let mut invocation = self.scripts.take_due.prepare_invoke();
+                invocation
+                    .key(self.expiry_shard(shard))
+                    .arg(unix_ms(now))
+                    .arg(SWEEP_BATCH);
+                let due: Vec<String> = self.run(invocation.invoke_async(&mut connection)).await?;
+                for member in &due {
+                    // Taken: a failure here loses this report rather than risk a second one.
+                    match self.unconfirmed(member).await {
+                        Ok(Some(upload)) => never_confirmed.push(upload),
+                        Ok(None) => {}
+                        Err(_) => {
+                            tracing::warn!(member, "redis sweep: an upload could not be read")
+                        }
+                    }
+                }
+                if due.len() < SWEEP_BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(never_confirmed)
     }
 
     async fn entry_count(&self) -> Result<Option<usize>, StoreError> {
-        // Counting keys would mean scanning every node; Redis reports its own memory.
-        Ok(None)
+        // The expiry index holds one entry per upload until it is forgotten: exact but for
+        // entries whose record was refused (until their time) and records whose entry was
+        // lost to a failover.
+        let mut total = 0;
+        for shard in 0..EXPIRY_SHARDS {
+            let mut connection = self.connection.clone();
+            let count: usize = self
+                .run(
+                    redis::cmd("ZCARD")
+                        .arg(self.expiry_shard(shard))
+                        .query_async(&mut connection),
+                )
+                .await?;
+            total += count;
+        }
+        Ok(Some(total))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -913,6 +1369,16 @@ mod tests {
         assert_eq!(keys.user_key("a}:{b", "open"), "p:{u617d3a7b62}:open");
         assert_eq!(keys.user_key("", "rate"), "p:{u}:rate");
         assert_eq!(keys.user_key("ü", "x"), "p:{uc3bc}:x");
+    }
+
+    #[test]
+    fn slots_are_the_ones_redis_computes() {
+        // The examples of Redis's `CLUSTER KEYSLOT` documentation.
+        assert_eq!(slot_of("somekey"), 11058);
+        assert_eq!(slot_of("foo{hash_tag}"), 2515);
+        assert_eq!(slot_of("p:{hash_tag}:open"), 2515);
+        // An empty tag hashes the whole key.
+        assert_ne!(slot_of("{}hash_tag"), slot_of("hash_tag"));
     }
 
     #[test]

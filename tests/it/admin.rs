@@ -170,6 +170,8 @@ async fn metrics_move_with_real_requests() {
         2.0
     );
     assert_eq!(sample(&text, "kizen_gateway_store_entries"), 2.0);
+    // Set on the scrape: at least the task serving this very connection is alive.
+    assert!(sample(&text, "kizen_gateway_runtime_alive_tasks") >= 1.0);
     // No user id in any label.
     assert!(!text.contains("alice") && !text.contains("bob"));
 }

@@ -702,6 +702,85 @@ fn command_line_overrides_are_validated_with_the_rest() {
     assert_refused(&output, "admin.listen", &[]);
 }
 
+/// `[store.redis.sentinel]`: each mistake is refused at load, naming the field at fault.
+#[test]
+fn sentinel_settings_are_checked_at_load_naming_the_field() {
+    let keys = "[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"value:0123456789abcdef0123456789abcdef\"\n";
+    let sentinel = |redis: &str, sentinel: &str| {
+        let store = format!(
+            "[store]\nkind = \"redis\"\n[store.redis]\n{redis}\n[store.redis.sentinel]\n{sentinel}\n"
+        );
+        kizen_gateway::Config::from_toml_layers(&[keys, &store]).map(|c| c.store.redis)
+    };
+    let urls = "urls = [\"redis://s1:26379\", \"redis://s2:26379\"]";
+    let valid = sentinel(
+        "wait_for_replicas = 1",
+        &format!("master_name = \"mymaster\"\n{urls}"),
+    )
+    .unwrap();
+    let parsed = valid.sentinel.unwrap();
+    assert_eq!(parsed.master_name, "mymaster");
+    assert_eq!(parsed.urls.len(), 2);
+    assert_eq!(valid.wait_for_replicas, 1);
+
+    let refusals = [
+        (
+            "",
+            format!("master_name = \" \"\n{urls}"),
+            "store.redis.sentinel.master_name",
+        ),
+        (
+            "",
+            "master_name = \"m\"\nurls = []".to_owned(),
+            "store.redis.sentinel.urls",
+        ),
+        (
+            "",
+            "master_name = \"m\"\nurls = [\"redis://s1:26379\", \"rediss://s2:26379\"]".to_owned(),
+            "store.redis.sentinel.urls",
+        ),
+        (
+            "cluster = true",
+            format!("master_name = \"m\"\n{urls}"),
+            "store.redis.sentinel",
+        ),
+        (
+            "",
+            "master_name = \"m\"\nurls = [\"redis://:hunter2-sentinel@s1:26379\"]".to_owned(),
+            "store.redis.sentinel.password",
+        ),
+        (
+            "",
+            "urls = [\"redis://s1:26379\"]".to_owned(),
+            "master_name",
+        ),
+    ];
+    for (redis, table, field) in refusals {
+        let error = sentinel(redis, &table).unwrap_err().to_string();
+        assert!(error.contains(field), "{table}: {error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+}
+
+#[test]
+fn unreachable_sentinels_fail_the_start_naming_them_without_the_passwords() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = TempConfig::new(&format!(
+        "{}[store]\nkind = \"redis\"\n[store.redis]\npassword = \"value:hunter2-redis\"\n[store.redis.sentinel]\nmaster_name = \"mymaster\"\nurls = [\"redis://127.0.0.1:{port}\"]\npassword = \"value:hunter2-sentinel\"\n",
+        minimal_toml()
+    ));
+    let output = check_config(file.path(), &[]);
+    assert_refused(
+        &output,
+        "store.redis.sentinel",
+        &["hunter2-redis", "hunter2-sentinel"],
+    );
+}
+
 /// figment's unescaping panics (or drops characters) on a quoted environment value with a
 /// non-ASCII character before an escape; the gateway refuses such a value by name instead (found
 /// by the `config_load` fuzz target; fuzz/corpus/config_load/regression-figment-env-escape-*).

@@ -189,16 +189,33 @@ fn confirm_head(token: &str, framing: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn ambiguous_body_framing_is_refused() {
-    let gw = TestGateway::start().await;
-    let token = gw.token("alice");
-    let issued = gw.issue(&token).await;
-    let form = format!(
+fn confirm_form_body(issued: &Issued) -> String {
+    format!(
         "uuid={}&key={}&name=photo.png&etag=abc",
         issued.s3object_id,
         form_urlencoded::byte_serialize(issued.key.as_bytes()).collect::<String>()
-    );
+    )
+}
+
+/// `body` as chunks of at most 7 bytes, then the last chunk.
+fn chunked(body: &str) -> String {
+    let mut out = String::new();
+    for piece in body.as_bytes().chunks(7) {
+        out.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            piece.len(),
+            String::from_utf8_lossy(piece)
+        ));
+    }
+    out + "0\r\n\r\n"
+}
+
+#[tokio::test]
+async fn ambiguous_or_unknown_body_framing_is_refused() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    let issued = gw.issue(&token).await;
+    let form = confirm_form_body(&issued);
     let len = form.len();
 
     // Two different Content-Length values: hyper refuses before the app sees anything.
@@ -216,19 +233,39 @@ async fn ambiguous_body_framing_is_refused() {
         "conflicting Content-Length: {answer}"
     );
 
-    // Content-Length with chunked Transfer-Encoding, in both orders.
-    let chunked = format!("{len:x}\r\n{form}\r\n0\r\n\r\n");
+    // Encodings other than plain chunked: refused by hyper (chunked not last) or by the guard.
     for framing in [
-        format!("Content-Length: {len}\r\nTransfer-Encoding: chunked\r\n"),
-        format!("Transfer-Encoding: chunked\r\nContent-Length: {len}\r\n"),
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked, identity\r\n",
     ] {
-        let raw = format!("{}{chunked}", confirm_head(&token, &framing));
+        let raw = format!("{}{}", confirm_head(&token, framing), chunked(&form));
         let answer = raw_http(gw.addr, raw.as_bytes()).await;
         assert_eq!(raw_status(&answer), 400, "{framing:?}: {answer}");
         if raw_header(&answer, "content-type").as_deref() == Some("application/problem+json") {
-            assert_raw_problem(&answer, 400, "transfer_encoding_not_accepted", &framing);
+            assert_raw_problem(&answer, 400, "transfer_encoding_not_accepted", framing);
         }
     }
+
+    // A presign never has a body, chunked or not.
+    let target = format!("{PRESIGN}?{DEFAULT_QUERY}");
+    let answer = raw_http(
+        gw.addr,
+        &raw_request(
+            "GET",
+            &target,
+            &token,
+            "Transfer-Encoding: chunked\r\n",
+            "0\r\n\r\n",
+        ),
+    )
+    .await;
+    assert_raw_problem(
+        &answer,
+        400,
+        "transfer_encoding_not_accepted",
+        "chunked presign",
+    );
 
     // Only the presign that issued the upload was ever forwarded: no confirmation reached upstream.
     assert!(gw.forwarded(SUCCESS).is_empty());
@@ -239,18 +276,116 @@ async fn ambiguous_body_framing_is_refused() {
 }
 
 #[tokio::test]
-async fn oversized_heads_get_431() {
+async fn a_chunked_confirmation_is_read_under_the_same_byte_cap() {
+    let gw = TestGateway::builder()
+        .with_config("[confirm]\nmax_body_bytes = 300")
+        .start()
+        .await;
+    let token = gw.token("alice");
+
+    // Over the cap, with no length announced: 413 once the cap is passed, nothing forwarded.
+    let issued = gw.issue(&token).await;
+    let padded = format!("{}{}", confirm_form_body(&issued), "p".repeat(400));
+    let raw = format!(
+        "{}{}",
+        confirm_head(&token, "Transfer-Encoding: chunked\r\n"),
+        chunked(&padded)
+    );
+    let answer = raw_http(gw.addr, raw.as_bytes()).await;
+    assert_raw_problem(&answer, 413, "payload_too_large", "chunked over the cap");
+    assert!(gw.forwarded(SUCCESS).is_empty());
+
+    // Under the cap: confirmed and forwarded once, with the form's fields.
+    let raw = format!(
+        "{}{}",
+        confirm_head(&token, "Transfer-Encoding: chunked\r\n"),
+        chunked(&confirm_form_body(&issued))
+    );
+    let answer = raw_http(gw.addr, raw.as_bytes()).await;
+    assert_eq!(raw_status(&answer), 200, "chunked under the cap: {answer}");
+    let forwarded = gw.forwarded(SUCCESS);
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(forwarded[0].form()["key"], issued.key);
+}
+
+#[tokio::test]
+async fn content_length_beside_chunked_is_ignored_and_the_connection_closed() {
+    // RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and the server closes the
+    // connection after answering, so nothing after the body can be read as a second request.
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice");
+    for order in [0, 1] {
+        let issued = gw.issue(&token).await;
+        let form = confirm_form_body(&issued);
+        // A Content-Length that would end the body early, leaving a smuggled request behind it.
+        let framing = [
+            "Content-Length: 5\r\n".to_owned(),
+            "Transfer-Encoding: chunked\r\n".to_owned(),
+        ];
+        let framing = if order == 0 {
+            framing.concat()
+        } else {
+            format!("{}{}", framing[1], framing[0])
+        };
+        let head = format!(
+            "POST {SUCCESS} HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n{framing}\r\n"
+        );
+        let smuggled =
+            format!("GET {PRESIGN}?{DEFAULT_QUERY} HTTP/1.1\r\nHost: gateway.test\r\n\r\n");
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(format!("{head}{}{smuggled}", chunked(&form)).as_bytes())
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut stream, Duration::from_secs(10))
+            .await
+            .expect("the gateway closes the connection after the answer");
+        assert_eq!(raw_status(&answer), 200, "order {order}: {answer}");
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "order {order}: one answer only, the smuggled request is never read: {answer}"
+        );
+    }
+    // Two presigns and two confirmations, nothing else.
+    assert_eq!(gw.forwarded(PRESIGN).len(), 2);
+    assert_eq!(gw.forwarded(SUCCESS).len(), 2);
+}
+
+#[tokio::test]
+async fn oversized_heads_get_a_431_or_414_problem_and_beyond_twice_the_limits_hyper_s_bare_431() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice");
     let target = format!("{PRESIGN}?{DEFAULT_QUERY}");
 
+    // Over server.max_header_bytes (16384) and server.max_headers (64): the guard's problems.
     let big = format!("X-Big: {}\r\n", "a".repeat(20_000));
     let answer = raw_http(gw.addr, &request("GET", &target, &token, &big)).await;
-    assert_eq!(raw_status(&answer), 431, "one huge header: {answer:.200}");
+    assert_raw_problem(&answer, 431, "headers_too_large", "one huge header");
+    assert!(
+        raw_body(&answer).contains("server.max_header_bytes"),
+        "{answer}"
+    );
 
     let many: String = (0..70).map(|i| format!("X-Header-{i}: v\r\n")).collect();
     let answer = raw_http(gw.addr, &request("GET", &target, &token, &many)).await;
-    assert_eq!(raw_status(&answer), 431, "too many headers: {answer:.200}");
+    assert_raw_problem(&answer, 431, "headers_too_large", "too many headers");
+    assert!(raw_body(&answer).contains("server.max_headers"), "{answer}");
+
+    // A target over 8 KiB: 414 with a problem body.
+    let long = format!("{target}&pad={}", "p".repeat(9_000));
+    let answer = raw_http(gw.addr, &request("GET", &long, &token, "")).await;
+    assert_raw_problem(&answer, 414, "uri_too_long", "a 9 kB target");
+
+    // Beyond twice the limits hyper answers itself, before any service: a bare 431.
+    let huge = format!("X-Big: {}\r\n", "a".repeat(40_000));
+    let answer = raw_http(gw.addr, &request("GET", &target, &token, &huge)).await;
+    assert_eq!(raw_status(&answer), 431, "a 40 kB header: {answer:.200}");
+    assert!(raw_body(&answer).is_empty(), "{answer:.200}");
+    let lots: String = (0..130).map(|i| format!("X-Header-{i}: v\r\n")).collect();
+    let answer = raw_http(gw.addr, &request("GET", &target, &token, &lots)).await;
+    assert_eq!(raw_status(&answer), 431, "130 header lines: {answer:.200}");
 
     assert_nothing_forwarded(&gw, "oversized heads");
 
@@ -258,6 +393,65 @@ async fn oversized_heads_get_431() {
     let some: String = (0..40).map(|i| format!("X-Header-{i}: v\r\n")).collect();
     let answer = raw_http(gw.addr, &request("GET", &target, &token, &some)).await;
     assert_eq!(raw_status(&answer), 200, "a normal head: {answer:.200}");
+    let near = format!("X-Big: {}\r\n", "a".repeat(14_000));
+    let answer = raw_http(gw.addr, &request("GET", &target, &token, &near)).await;
+    assert_eq!(raw_status(&answer), 200, "a 14 kB header: {answer:.200}");
+}
+
+#[tokio::test]
+async fn options_is_answered_only_as_a_preflight_on_the_two_routes() {
+    let cors = TestGateway::builder()
+        .with_config("[cors]\nallowed_origins = [\"https://app.example.com\"]")
+        .start()
+        .await;
+    let plain = TestGateway::start().await;
+    let preflight = "Origin: https://app.example.com\r\nAccess-Control-Request-Method: POST\r\n";
+    for (gw, name) in [(&cors, "CORS on"), (&plain, "CORS off")] {
+        for extra in ["", preflight] {
+            let case = format!("{name}, {extra:?}");
+            let answer = raw_http(gw.addr, &request("OPTIONS", "*", "x", extra)).await;
+            assert_raw_problem(
+                &answer,
+                400,
+                "asterisk_form_target",
+                &format!("OPTIONS * {case}"),
+            );
+            for path in ["/", "/nowhere", "/api/s3/presigned-post/"] {
+                let answer = raw_http(gw.addr, &request("OPTIONS", path, "x", extra)).await;
+                assert_raw_problem(
+                    &answer,
+                    404,
+                    "route_not_found",
+                    &format!("OPTIONS {path} {case}"),
+                );
+            }
+        }
+        // Not a preflight (no Origin, or no Access-Control-Request-Method): 405 on a route.
+        for extra in ["", "Origin: https://app.example.com\r\n"] {
+            let answer = raw_http(gw.addr, &request("OPTIONS", SUCCESS, "x", extra)).await;
+            assert_raw_problem(
+                &answer,
+                405,
+                "method_not_allowed",
+                &format!("{name} {extra:?}"),
+            );
+        }
+        assert_nothing_forwarded(gw, name);
+    }
+    // A preflight on a route: answered by the CORS layer when it is on, 405 when it is off.
+    for path in [SUCCESS, PRESIGN] {
+        let answer = raw_http(cors.addr, &request("OPTIONS", path, "x", preflight)).await;
+        assert_eq!(raw_status(&answer), 200, "{path}: {answer}");
+        assert_eq!(
+            raw_header(&answer, "access-control-allow-origin").as_deref(),
+            Some("https://app.example.com")
+        );
+        let answer = raw_http(plain.addr, &request("OPTIONS", path, "x", preflight)).await;
+        assert_raw_problem(&answer, 405, "method_not_allowed", path);
+    }
+    // Any other method with an asterisk target is refused the same way.
+    let answer = raw_http(plain.addr, &request("GET", "*", "x", "")).await;
+    assert_raw_problem(&answer, 400, "asterisk_form_target", "GET *");
 }
 
 #[tokio::test]

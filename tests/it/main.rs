@@ -13,6 +13,7 @@ mod binary;
 mod config;
 mod confirm;
 mod cors;
+mod failover;
 mod fuzz_corpus;
 mod http_strictness;
 mod jwks;

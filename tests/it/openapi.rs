@@ -248,8 +248,18 @@ fn presign_cases() -> Vec<Case> {
                 .request(reqwest::Method::OPTIONS, c.url(PRESIGN))
         })
         .problem(405, "method_not_allowed"),
-        // 414 (hyper): a target over 64 KiB, which only a head limit above it lets through.
-        Case::raw("presign with a 66 kB target", |c| {
+        // 414: a target over 8 KiB; over 64 KiB (which only a head limit above it lets through),
+        // hyper's bare 414.
+        Case::raw("presign with a 9 kB target", |c| {
+            c.raw(
+                "GET",
+                &format!("{PRESIGN}?{DEFAULT_QUERY}&pad={}", "p".repeat(9_000)),
+                "",
+                "",
+            )
+        })
+        .problem(414, "uri_too_long"),
+        Case::raw("presign with a 66 kB target (hyper)", |c| {
             c.raw(
                 "GET",
                 &format!("{PRESIGN}?{DEFAULT_QUERY}&pad={}", "p".repeat(66_000)),
@@ -276,12 +286,21 @@ fn presign_cases() -> Vec<Case> {
             .on(Gateway::OneByteADay)
             .given([Step::Issue, Step::ConfirmTenBytes])
             .problem(429, "daily_byte_quota_exceeded"),
-        // 431 (hyper): a head over server.max_header_bytes.
+        // 431: a head over server.max_header_bytes; over twice that, hyper's bare 431.
         Case::raw("presign with a 20 kB header", |c| {
             c.raw(
                 "GET",
                 &presign_target(),
                 &format!("X-Big: {}\r\n", "a".repeat(20_000)),
+                "",
+            )
+        })
+        .problem(431, "headers_too_large"),
+        Case::raw("presign with a 40 kB header (hyper)", |c| {
+            c.raw(
+                "GET",
+                &presign_target(),
+                &format!("X-Big: {}\r\n", "a".repeat(40_000)),
                 "",
             )
         })
@@ -370,12 +389,12 @@ fn confirm_cases() -> Vec<Case> {
             ]))
         })
         .problem(400, "invalid_input"),
-        Case::raw("confirm with a chunked body", |c| {
+        Case::raw("confirm with a gzip, chunked body", |c| {
             let body = form(&[("uuid", &c.upload().s3object_id), ("key", &c.upload().key)]);
             c.raw(
                 "POST",
                 SUCCESS,
-                "Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n",
+                "Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: gzip, chunked\r\n",
                 &format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()),
             )
         })
@@ -496,7 +515,7 @@ fn confirm_cases() -> Vec<Case> {
         })
         .given([Step::Issue])
         .problem(413, "payload_too_large"),
-        Case::raw("confirm with a 66 kB target", |c| {
+        Case::raw("confirm with a 66 kB target (hyper)", |c| {
             c.raw(
                 "POST",
                 &format!("{SUCCESS}?pad={}", "p".repeat(66_000)),
@@ -528,9 +547,14 @@ fn confirm_cases() -> Vec<Case> {
         })
         .given([Step::Issue])
         .problem(415, "unsupported_media_type"),
-        // 431 (hyper): too many header lines.
+        // 431: too many header lines; over twice the limit, hyper's bare 431.
         Case::raw("confirm with 70 header lines", |c| {
             let many: String = (0..70).map(|i| format!("X-Header-{i}: v\r\n")).collect();
+            c.raw("POST", SUCCESS, &many, "")
+        })
+        .problem(431, "headers_too_large"),
+        Case::raw("confirm with 130 header lines (hyper)", |c| {
+            let many: String = (0..130).map(|i| format!("X-Header-{i}: v\r\n")).collect();
             c.raw("POST", SUCCESS, &many, "")
         })
         .answers(431),
@@ -584,10 +608,13 @@ fn other_path_cases() -> Vec<Case> {
             c.raw("GET", "/api/s3/presigned%2Dpost", "", "")
         })
         .problem(404, "route_not_found"),
-        // With CORS on, preflights are answered for any path.
+        // With CORS on, preflights are answered on the two routes only.
         Case::new("preflight of an unknown path", |c| c.preflight("/nowhere"))
             .on(Gateway::Cors)
-            .answers(200),
+            .problem(404, "route_not_found"),
+        Case::raw("OPTIONS *", |c| c.raw("OPTIONS", "*", "", ""))
+            .on(Gateway::Cors)
+            .problem(400, "asterisk_form_target"),
     ]
 }
 

@@ -449,10 +449,118 @@ async fn a_presign_and_a_confirmation_are_two_redis_round_trips_each() {
     assert_eq!(gw.confirm(&token, &warm).await.status(), 200);
 
     let before = redis.script_calls();
+    let zadds = redis.command_calls("zadd");
     let issued = gw.issue(&token).await;
     let after_presign = redis.script_calls();
     assert_eq!(gw.confirm(&token, &issued).await.status(), 200);
     let after_confirm = redis.script_calls();
     assert_eq!(after_presign - before, 2, "presign: admit, record");
     assert_eq!(after_confirm - after_presign, 2, "confirm: claim, consume");
+    // Besides: the expiry index's entry (sent with the record, no round trip of its own) and the
+    // record script's ZADD into the user's open set.
+    assert_eq!(
+        redis.command_calls("zadd") - zadds,
+        2,
+        "one index entry per upload"
+    );
+}
+
+/// Lifecycle parity: an upload forgotten unconfirmed is counted in `uploads_expired` (and
+/// audited `upload_expired`) once, whichever replica sweeps it; a confirmed one is forgotten
+/// silently; `store_entries` counts what is held.
+async fn expired_uploads_are_reported_once(gateways: &[TestGateway]) {
+    const EXPIRED: &str = "kizen_gateway_uploads_expired_total";
+    const ENTRIES: &str = "kizen_gateway_store_entries";
+    let gw = &gateways[0];
+    let token = gw.token("alice");
+    gw.issue(&token).await;
+    let confirmed = gw.issue(&token).await;
+    assert_eq!(gw.confirm(&token, &confirmed).await.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(gw, ENTRIES).await != 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store_entries counts both uploads"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Past the window (at most a day) and the memory of it (1h).
+    gw.clock.advance(Duration::from_secs(26 * 3600));
+    loop {
+        let mut entries = 0.0;
+        for gateway in gateways {
+            entries += metric(gateway, ENTRIES).await;
+        }
+        if entries == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweeps forget both uploads"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut reported = 0.0;
+    for gateway in gateways {
+        reported += metric(gateway, EXPIRED).await;
+    }
+    assert_eq!(
+        reported, 1.0,
+        "the unconfirmed upload, reported once in all"
+    );
+}
+
+const QUICK_SWEEPS: &str = "[store]\nsweep_interval = \"20ms\"\n";
+
+#[tokio::test]
+async fn expired_uploads_are_reported_once_by_the_memory_store() {
+    let gw = TestGateway::builder()
+        .with_config(QUICK_SWEEPS)
+        .with_admin()
+        .start()
+        .await;
+    expired_uploads_are_reported_once(&[gw]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_uploads_are_reported_once_across_redis_replicas() {
+    let redis = RedisServer::start();
+    let prefix = prefix();
+    let a = TestGateway::builder()
+        .with_redis(&[redis.url()], false, &prefix)
+        .with_config(QUICK_SWEEPS)
+        .with_admin()
+        .start()
+        .await;
+    let b = TestGateway::builder()
+        .with_redis(&[redis.url()], false, &prefix)
+        .with_config(QUICK_SWEEPS)
+        .with_admin()
+        .sharing_upstream_with(&a)
+        .start()
+        .await;
+    expired_uploads_are_reported_once(&[a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_uploads_are_reported_once_across_a_redis_cluster() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let prefix = prefix();
+    let a = TestGateway::builder()
+        .with_redis(&cluster.urls(), true, &prefix)
+        .with_config(QUICK_SWEEPS)
+        .with_admin()
+        .start()
+        .await;
+    let b = TestGateway::builder()
+        .with_redis(&cluster.urls(), true, &prefix)
+        .with_config(QUICK_SWEEPS)
+        .with_admin()
+        .sharing_upstream_with(&a)
+        .start()
+        .await;
+    expired_uploads_are_reported_once(&[a, b]).await;
 }

@@ -438,12 +438,14 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
     );
 
     let forgotten = other.window_end + REMEMBER + Duration::from_secs(1);
-    // Backends that expire keys by themselves report nothing; what is reported must be right.
-    let purged = store.purge(forgotten).await.unwrap();
-    assert!(
-        purged.is_empty() || purged.iter().any(|u| u.s3object_id == other.s3object_id),
-        "never-confirmed uploads are reported"
-    );
+    // Both were never confirmed (one claimed, never settled; one expired): both reported, as
+    // recorded, and once.
+    let mut purged = store.purge(forgotten).await.unwrap();
+    purged.sort_by_key(|u| u.s3object_id);
+    let mut expected = vec![up.clone(), other.clone()];
+    expected.sort_by_key(|u| u.s3object_id);
+    assert_eq!(purged, expected, "never-confirmed uploads are reported");
+    assert!(store.purge(forgotten).await.unwrap().is_empty(), "once");
     assert_eq!(
         outcome(
             &store,
@@ -456,7 +458,45 @@ pub async fn expiry_then_forgetting(store: Arc<dyn UploadStore>) {
         .await,
         ClaimOutcome::NotFound
     );
-    assert!(matches!(store.entry_count().await.unwrap(), None | Some(0)));
+    assert_eq!(store.entry_count().await.unwrap(), Some(0));
+}
+
+/// Confirmed uploads are forgotten silently; `store_entries` counts every state until then.
+pub async fn confirmed_uploads_are_forgotten_unreported(store: Arc<dyn UploadStore>) {
+    let now = t0();
+    let confirmed = upload("bob", now);
+    store.record(&confirmed, 10, now).await.unwrap();
+    let ClaimOutcome::Claimed {
+        lease,
+        upload: claimed,
+    } = outcome(
+        &store,
+        "bob",
+        confirmed.s3object_id,
+        &confirmed.key,
+        now,
+        &RULES,
+    )
+    .await
+    else {
+        panic!("claims")
+    };
+    store
+        .consume(&claimed, lease, answer(), 0, now)
+        .await
+        .unwrap();
+    let mut open = upload("bob", now);
+    open.window_end = now + 3 * REMEMBER;
+    store.record(&open, 10, now).await.unwrap();
+    assert_eq!(store.entry_count().await.unwrap(), Some(2));
+
+    let forgotten = confirmed.window_end + REMEMBER + Duration::from_secs(1);
+    assert!(store.purge(forgotten).await.unwrap().is_empty());
+    assert_eq!(
+        store.entry_count().await.unwrap(),
+        Some(1),
+        "the later upload is still held"
+    );
 }
 
 pub async fn per_user_cap_counts_open_uploads_only(store: Arc<dyn UploadStore>) {
@@ -759,6 +799,7 @@ macro_rules! contract_suite {
                 every_claim_spends_the_confirmation_budget,
                 consume_keeps_the_answer_for_the_same_key_only,
                 expiry_then_forgetting,
+                confirmed_uploads_are_forgotten_unreported,
                 per_user_cap_counts_open_uploads_only,
                 consumed_uploads_count_toward_the_day,
                 a_repeated_upload_id_never_overwrites,
@@ -804,6 +845,9 @@ async fn connect(urls: Vec<String>, cluster: bool, limits: StoreLimits) -> Arc<d
         password: None,
         prefix: format!("contract-{}", Uuid::new_v4()),
         operation_timeout: Duration::from_secs(2),
+        wait_for_replicas: 0,
+        sentinel: None,
+        sweep_grace: Duration::from_secs(120),
     };
     Arc::new(
         RedisStore::connect(&settings, limits)

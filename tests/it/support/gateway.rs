@@ -121,6 +121,20 @@ impl TestGatewayBuilder {
         ))
     }
 
+    /// The Redis store, its master found through `sentinels` under `master_name`.
+    pub fn with_redis_sentinel(
+        self,
+        sentinels: &[String],
+        master_name: &str,
+        prefix: &str,
+    ) -> Self {
+        let urls: Vec<String> = sentinels.iter().map(|u| format!("{u:?}")).collect();
+        self.with_config(&format!(
+            "[store]\nkind = \"redis\"\n[store.redis]\nprefix = \"{prefix}\"\noperation_timeout = \"500ms\"\n[store.redis.sentinel]\nmaster_name = \"{master_name}\"\nurls = [{}]\n",
+            urls.join(", ")
+        ))
+    }
+
     /// Drop the harness's static keys (for JWKS-only gateways).
     pub fn without_static_keys(mut self) -> Self {
         self.keys = false;
