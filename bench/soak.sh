@@ -118,40 +118,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start() { # start NAME CMD...: in the background, output to $SOAK_DIR/NAME.log; PID in $STARTED
-  local name=$1
-  shift
-  "$@" >"$SOAK_DIR/$name.log" 2>&1 &
-  STARTED=$!
-  PIDS+=("$STARTED")
-}
-
-stop() {
-  kill "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
-
-USED_PORTS=" "
-free_port() { # a loopback port nothing listens on (below the ephemeral range), not handed out yet
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 12000))
-    [[ $USED_PORTS == *" $p "* ]] && continue
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
-    USED_PORTS+="$p "
-    echo "$p"
-    return
-  done
-}
-
-wait_port() { # wait_port PORT PID NAME
-  local deadline=$((SECONDS + 20))
-  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-    kill -0 "$2" 2>/dev/null || { tail -20 "$SOAK_DIR/$3.log" >&2; die "$3 exited"; }
-    ((SECONDS < deadline)) || die "$3 does not listen on $1"
-    sleep 0.05
-  done
-}
+LOG_DIR=$SOAK_DIR
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # keys, tokens, upstream
